@@ -1,0 +1,81 @@
+"""The op set: names, contracts, weight formats. Every backend implements the required ops.
+
+Kernels are plain functions. They receive the *native arrays* of the backend's buffers
+(numpy arrays for cpu:numpy, torch tensors for cuda:triton, ...) and write into a
+preallocated `out`; they never allocate activations. Shapes use T = tokens in the step,
+D = model width, H/KV = query/kv heads, hd = head size, S = cache length, V = vocabulary.
+Activations and the KV cache use the device's compute dtype; `pos`, `ids` and sampled
+tokens are int32; RoPE tables are float32. `core/reference.py` is the executable spec.
+
+Required ops
+  embedding(out[T,D], table[V,D], ids[T])            out[t] = table[ids[t]]
+  rmsnorm(out[T,D], x[T,D], weight[D], eps)         out = x / sqrt(mean(x^2) + eps) * weight
+  linear(out[T,N], x[T,K], w: Weight)                out = x @ W^T   (W is N x K, any format)
+  rope(q[T,H,hd], k[T,KV,hd], pos[1], cos[S,hd/2], sin[S,hd/2])
+        in place; token t sits at position p = pos[0] + t; each adjacent pair
+        (x[2i], x[2i+1]) is rotated by the angle whose cos/sin are cos[p,i], sin[p,i]
+  attention(out[T,H,hd], q[T,H,hd], k[T,KV,hd], v[T,KV,hd],
+            k_cache[S,KV,hd], v_cache[S,KV,hd], pos[1], scale)
+        writes k, v into cache rows pos[0] .. pos[0]+T-1, then for every query t and head h:
+        out[t,h] = softmax(scale * q[t,h] . K[j, h // (H/KV)]  for j <= pos[0]+t) @ V
+  silu_mul(out[T,N], gate[T,N], up[T,N])             out = gate * sigmoid(gate) * up
+  add(out[T,D], a[T,D], b[T,D])                      out = a + b   (out may alias a)
+  argmax(out[T], logits[T,V])                        out[t] = index of the max of logits[t]
+
+Optional ops (the executor composes them from required ops when a backend lacks them)
+  rmsnorm_linear(out[T,N], x[T,K], weight[K], eps, w: Weight)    linear(rmsnorm(x))
+  linear_add(out[T,N], x[T,K], w: Weight, residual[T,N])         out = residual + x @ W^T
+                                                                 (out may alias residual)
+  sample(out[1], logits[1,V], params[4], u[1])
+        params = (temperature, top_k, top_p, min_p) as float32; u ~ U[0,1) float32.
+        Samples one token from softmax(logits / temperature) restricted by top-k, top-p,
+        min-p, exactly as reference.sample does, so a decode step needs no host round-trip.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+REQUIRED_OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add",
+                "argmax")
+OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "sample")
+ALL_OPS = REQUIRED_OPS + OPTIONAL_OPS
+
+DENSE = "dense"        # weight format of an unquantized matrix in the compute dtype
+WEIGHT_OPS = ("linear", "rmsnorm_linear", "linear_add")   # the ops dispatched per weight format
+
+
+@dataclass
+class Weight:
+    """A matrix W (out_features x in_features) as a backend stores it for one weight format.
+
+    `parts` holds native arrays: for `dense` {"w": [N, K]}; for a quantized format whatever its
+    scheme packs (e.g. q8_0: {"q": int8 [N, K], "s": float32 [N, K // group]}).
+    """
+    fmt: str
+    shape: tuple[int, int]
+    parts: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        return sum(_nbytes(p) for p in self.parts.values())
+
+
+def _nbytes(native) -> int:
+    n = getattr(native, "nbytes", None)
+    if n is None:                                     # torch tensors
+        n = native.numel() * native.element_size()
+    return int(n)
+
+
+@dataclass(frozen=True)
+class KernelKey:
+    backend: str
+    op: str
+    fmt: str = DENSE
+
+    def __str__(self) -> str:
+        return f"(backend={self.backend!r}, op={self.op!r}, weight format={self.fmt!r})"
+
+
+KernelFn = Callable[..., None]

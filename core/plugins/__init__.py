@@ -1,0 +1,1 @@
+"""Built-in plugins (sources in the repository's top-level plugins/ folder)."""

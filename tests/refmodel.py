@@ -1,0 +1,81 @@
+"""Independent reference models: tiny random Hugging Face LlamaForCausalLM on CPU torch.
+
+Every loader test writes its file format from these same weights, so each loader is checked
+against transformers, never against polyllama itself.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+CONFIGS = {
+    # name: (dim, hidden, layers, heads, kv_heads, vocab, tied)
+    "gqa-tied": (64, 160, 2, 8, 2, 96, True),
+    "mha-untied": (48, 112, 2, 4, 4, 80, False),
+}
+
+
+def make_hf_model(name: str = "gqa-tied", seed: int = 0, max_pos: int = 256,
+                  rope_theta: float = 10000.0, eps: float = 1e-5):
+    """A random-weight LlamaForCausalLM in float32 eval mode, deterministic for a seed."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dim, hidden, layers, heads, kv, vocab, tied = CONFIGS[name]
+    cfg = LlamaConfig(hidden_size=dim, intermediate_size=hidden, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
+                      max_position_embeddings=max_pos, rms_norm_eps=eps, rope_theta=rope_theta,
+                      tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2,
+                      attn_implementation="eager")
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).float().eval()
+    with torch.no_grad():                      # bigger-than-default weights: sharper logits
+        for p in model.parameters():
+            p.normal_(0.0, 0.2 if p.dim() > 1 else 0.3)
+            if p.dim() == 1:
+                p.add_(1.0)
+    return model
+
+
+def unpermute_hf(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """HF rotate-half q/k rows -> Meta adjacent-pair rows (inverse of HF's conversion)."""
+    out_dim, in_dim = w.shape
+    hd = out_dim // n_heads
+    return w.reshape(n_heads, 2, hd // 2, in_dim).transpose(0, 2, 1, 3).reshape(out_dim, in_dim)
+
+
+def canonical_weights(model) -> dict[str, np.ndarray]:
+    """The model's weights under polyllama's canonical names (pair layout), float32."""
+    c = model.config
+    sd = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
+    out = {"tok_embeddings": sd["model.embed_tokens.weight"], "norm": sd["model.norm.weight"]}
+    if not c.tie_word_embeddings:
+        out["output"] = sd["lm_head.weight"]
+    names = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+             "wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
+             "wo": "self_attn.o_proj", "w1": "mlp.gate_proj", "w2": "mlp.down_proj",
+             "w3": "mlp.up_proj"}
+    for i in range(c.num_hidden_layers):
+        for ours, theirs in names.items():
+            w = sd[f"model.layers.{i}.{theirs}.weight"]
+            if ours == "wq":
+                w = unpermute_hf(w, c.num_attention_heads)
+            elif ours == "wk":
+                w = unpermute_hf(w, c.num_key_value_heads)
+            out[f"layers.{i}.{ours}"] = np.ascontiguousarray(w)
+    return out
+
+
+def hf_logits(model, ids) -> np.ndarray:
+    """Logits [T, V] of the whole prompt, float64."""
+    import torch
+    with torch.no_grad():
+        return model(torch.tensor([list(ids)])).logits[0].double().numpy()
+
+
+def hf_greedy(model, ids, n: int) -> list[int]:
+    """n greedy tokens after the prompt ids, with transformers' own KV-cache loop."""
+    import torch
+    with torch.no_grad():
+        out = model.generate(torch.tensor([list(ids)]), max_new_tokens=n, do_sample=False,
+                             min_new_tokens=n, pad_token_id=0)
+    return out[0, len(ids):].tolist()
