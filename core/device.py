@@ -86,10 +86,13 @@ class Allocator(ABC):
                               f" MiB of {dtype}: {e}") from e
         return Buffer(self, native, dtype, numel)
 
-    def copyin(self, buf: Buffer, host: np.ndarray) -> None:
-        if host.size != buf.numel:
-            raise DeviceError(f"copy of {host.size} elements into a buffer of {buf.numel}")
-        self._copyin(buf.native, np.ascontiguousarray(host).reshape(-1))
+    def copyin(self, tensor, host) -> None:
+        """Copy a host array into a tensor (same number of elements), converting dtype."""
+        host = np.asarray(host)
+        if host.size != prod(tensor.shape):
+            raise DeviceError(f"copy of {host.size} elements into a tensor of shape "
+                              f"{tensor.shape}")
+        self._copyin(tensor.native, np.ascontiguousarray(host).reshape(tensor.shape))
 
     def copyout(self, native, dtype: str) -> np.ndarray:
         return self._copyout(native, dtype)
@@ -100,7 +103,8 @@ class Allocator(ABC):
 
     @abstractmethod
     def _copyin(self, native, host: np.ndarray) -> None:
-        """Copy a 1-D host array (float32, or the int dtype itself) into native, converting."""
+        """Copy a contiguous host array of native's shape into native, converting dtype
+        (host floats are float32 or float16; ints keep their dtype)."""
 
     @abstractmethod
     def _copyout(self, native, dtype: str) -> np.ndarray:
@@ -152,5 +156,5 @@ class Device(ABC):
         if dtype is None:
             dtype = host.dtype.name if host.dtype.kind in "iu" else self.default_dtype
         t = self.empty(host.shape, dtype)
-        self.allocator.copyin(t.buffer, host)
+        self.allocator.copyin(t, host)
         return t

@@ -73,9 +73,15 @@ def hf_logits(model, ids) -> np.ndarray:
 
 
 def hf_greedy(model, ids, n: int) -> list[int]:
-    """n greedy tokens after the prompt ids, with transformers' own KV-cache loop."""
+    """n greedy tokens after the prompt ids, through transformers' own KV cache
+    (a plain argmax loop: generate() would suppress EOS under min_new_tokens)."""
     import torch
+    out, past = [], None
+    step = torch.tensor([list(ids)])
     with torch.no_grad():
-        out = model.generate(torch.tensor([list(ids)]), max_new_tokens=n, do_sample=False,
-                             min_new_tokens=n, pad_token_id=0)
-    return out[0, len(ids):].tolist()
+        for _ in range(n):
+            res = model(step, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            out.append(int(res.logits[0, -1].argmax()))
+            step = torch.tensor([[out[-1]]])
+    return out

@@ -1,0 +1,280 @@
+"""The LLaMA executor, written once in terms of the ops of core/ops.py.
+
+build() resolves every kernel and uploads the weights; forward only fills preallocated
+buffers. The token id and the position live in device buffers, so a backend may capture the
+whole decode step (Device.decode_runner) and replay it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import reference
+from .checkpoint import Checkpoint, QuantizedArray
+from .config import LlamaConfig
+from .device import Device, canonical_dtype
+from .errors import ContextLengthError, DeviceError, UsageError
+from .ops import DENSE, REQUIRED_OPS, Weight
+from .registry import get_registry
+from .tensor import Tensor
+
+PREFILL_CHUNK = 512          # prompt tokens per prefill pass (bounds prefill scratch memory)
+
+
+@dataclass
+class Layer:
+    attn_norm: object        # [D]
+    wqkv: Weight             # [H*hd + 2*KV*hd, D]: wq, wk, wv stacked
+    wo: Weight               # [D, H*hd]
+    ffn_norm: object         # [D]
+    w13: Weight              # [2F, D]: w1 (gate) and w3 (up) stacked
+    w2: Weight               # [D, F]
+    k_cache: object          # [S, KV, hd]
+    v_cache: object          # [S, KV, hd]
+
+
+class Workspace:
+    """Activation buffers for up to `rows` tokens, allocated once."""
+
+    def __init__(self, device: Device, c: LlamaConfig, rows: int, dtype: str):
+        self.rows, self.c = rows, c
+        e = device.empty
+        self.ids = e((rows,), "int32")
+        self.x = e((rows, c.dim), dtype)                       # residual stream
+        self.h = e((rows, c.dim), dtype)                       # normed input / scratch
+        self.tmp = e((rows, c.dim), dtype)                     # linear output before add
+        self.qkv = e((rows, c.q_dim + 2 * c.kv_dim), dtype)
+        self.attn = e((rows, c.q_dim), dtype)
+        self.gu = e((rows, 2 * c.hidden_dim), dtype)
+        self.act = e((rows, c.hidden_dim), dtype)
+
+    def views(self, T: int) -> SimpleNamespace:
+        """Natives for a step of T <= rows tokens (the first T rows of every buffer)."""
+        c = self.c
+        rows = {n: getattr(self, n).narrow(0, 0, T) for n in
+                ("x", "h", "tmp", "qkv", "attn", "gu", "act")}
+        q, k, v = rows["qkv"].split_last(c.q_dim, c.kv_dim, c.kv_dim)
+        gate, up = rows["gu"].split_last(c.hidden_dim, c.hidden_dim)
+        return SimpleNamespace(
+            T=T, ids=self.ids.narrow(0, 0, T).native,
+            **{n: t.native for n, t in rows.items()},
+            q=_heads(q, T, c.n_heads, c.hd),
+            k=_heads(k, T, c.n_kv_heads, c.hd), v=_heads(v, T, c.n_kv_heads, c.hd),
+            attn3=rows["attn"].view(T, c.n_heads, c.hd).native,
+            gate=gate.native, up=up.native,
+            last=rows["x"].narrow(0, T - 1, 1).native)
+
+
+def _heads(t, T, n, hd):
+    """[T, n*hd] column view -> [T, n, hd] view (row stride kept)."""
+    return Tensor(t.buffer, (T, n, hd), (t.strides[0], hd, 1), t.offset).native
+
+
+class Model:
+    def __init__(self, config: LlamaConfig, device: Device, dtype: str, ctx: int):
+        self.config, self.device, self.dtype, self.ctx = config, device, dtype, ctx
+        self.weight_bytes = 0
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(cls, ckpt: Checkpoint, device: Device, dtype: str | None = None,
+              ctx: int | None = None, quant: str | None = None) -> "Model":
+        c = ckpt.config
+        dtype = canonical_dtype(dtype) if dtype else device.default_dtype
+        if dtype not in device.supported_dtypes:
+            raise DeviceError(f"{device.spec} does not compute in {dtype}; it supports "
+                              f"{', '.join(device.supported_dtypes)}")
+        ctx = ctx or min(c.max_seq_len, 4096)
+        if not 1 <= ctx <= 1 << 20:
+            raise UsageError(f"context size {ctx} is out of range")
+        self = cls(c, device, dtype, ctx)
+        self._resolve_kernels(quant)
+        up = self._upload
+        self.tok_embeddings = up(ckpt.dense("tok_embeddings"))
+        self.norm = up(ckpt.dense("norm"))
+        if "output" in ckpt.tensors:
+            self.output = self._weight(ckpt, ["output"])
+        else:
+            self.output = Weight(DENSE, (c.vocab_size, c.dim), {"w": self.tok_embeddings})
+        kv = device.empty((2, c.n_layers, ctx, c.n_kv_heads, c.hd), dtype)
+        self.layers = []
+        for i in range(c.n_layers):
+            p = f"layers.{i}."
+            self.layers.append(Layer(
+                attn_norm=up(ckpt.dense(p + "attn_norm")),
+                wqkv=self._weight(ckpt, [p + "wq", p + "wk", p + "wv"]),
+                wo=self._weight(ckpt, [p + "wo"]),
+                ffn_norm=up(ckpt.dense(p + "ffn_norm")),
+                w13=self._weight(ckpt, [p + "w1", p + "w3"]),
+                w2=self._weight(ckpt, [p + "w2"]),
+                k_cache=_cache(kv, 0, i, ctx, c), v_cache=_cache(kv, 1, i, ctx, c)))
+        cos, sin = reference.rope_tables(c.hd, ctx, c.rope_theta, c.rope_scaling)
+        self.cos = device.upload(cos, "float32").native
+        self.sin = device.upload(sin, "float32").native
+        self.scale = 1.0 / float(np.sqrt(c.hd))
+        self.kv_bytes = kv.buffer.nbytes
+        self.pos = device.empty((1,), "int32")
+        self.logits = device.empty((1, c.vocab_size), "float32" if dtype == "float32" else dtype)
+        self.decode_ws = Workspace(device, c, 1, dtype)
+        self._decode = self.decode_ws.views(1)
+        self._prefill_ws = None
+        self._runners = {}
+        return self
+
+    def _resolve_kernels(self, quant):
+        reg, b = get_registry(), self.device.backend_id
+        self.k = SimpleNamespace(**{op: reg.kernel(b, op) for op in REQUIRED_OPS})
+        self.fmt = DENSE
+        self.pack = None
+        if quant:
+            if quant not in reg.quant_schemes:
+                raise UsageError(f"unknown quantization {quant!r}; installed: "
+                                 f"{', '.join(reg.quant_schemes) or 'none'}")
+            scheme = reg.quant_schemes[quant]
+            self.fmt, self.pack = scheme.fmt, scheme.pack
+        self.linear = reg.kernel(b, "linear", self.fmt)
+        opt = lambda op: reg.kernel(b, op, self.fmt) if reg.has_kernel(b, op, self.fmt) else None
+        self.linear_add_k, self.rmsnorm_linear_k = opt("linear_add"), opt("rmsnorm_linear")
+        self.sample_k = reg.kernel(b, "sample") if reg.has_kernel(b, "sample") else None
+
+    def _upload(self, host, dtype=None):
+        t = self.device.upload(np.asarray(host, dtype=np.float32) if dtype is None else host,
+                               dtype or self.dtype)
+        self.weight_bytes += t.buffer.nbytes
+        return t.native
+
+    def _weight(self, ckpt: Checkpoint, names: list[str]) -> Weight:
+        """Stack the named matrices by rows into one Weight of the model's format."""
+        mats = [ckpt.tensors[n] for n in names]
+        if self.pack is not None:
+            if len(mats) > 1:
+                mats = [np.concatenate([_dense(m) for m in mats], axis=0)]
+            parts, meta = self.pack(mats[0])
+            w = Weight(self.fmt, tuple(mats[0].shape),
+                       {k: self._upload(v, v.dtype.name) for k, v in parts.items()}, meta)
+            return w
+        host = _dense(mats[0]) if len(mats) == 1 else np.concatenate([_dense(m) for m in mats])
+        return Weight(DENSE, tuple(host.shape), {"w": self._upload(host)})
+
+    # ------------------------------------------------------------------ forward
+    def _step(self, a: SimpleNamespace) -> None:
+        """One forward pass over a.T tokens at position pos; logits of the last token."""
+        k, pos = self.k, self.pos.native
+        eps = self.config.norm_eps
+        k.embedding(a.x, self.tok_embeddings, a.ids)
+        for L in self.layers:
+            self._norm_linear(a.qkv, a.x, L.attn_norm, L.wqkv, a.h)
+            k.rope(a.q, a.k, pos, self.cos, self.sin)
+            k.attention(a.attn3, a.q, a.k, a.v, L.k_cache, L.v_cache, pos, self.scale)
+            self._linear_add(a.x, a.attn, L.wo, a.tmp)
+            self._norm_linear(a.gu, a.x, L.ffn_norm, L.w13, a.h)
+            k.silu_mul(a.act, a.gate, a.up)
+            self._linear_add(a.x, a.act, L.w2, a.tmp)
+        self._norm_linear(self.logits.native, a.last, self.norm, self.output,
+                          self._decode.h)
+
+    def _norm_linear(self, out, x, norm_w, w, scratch):
+        if self.rmsnorm_linear_k is not None:
+            self.rmsnorm_linear_k(out, x, norm_w, self.config.norm_eps, w)
+        else:
+            self.k.rmsnorm(scratch, x, norm_w, self.config.norm_eps)
+            self.linear(out, scratch, w)
+
+    def _linear_add(self, x, inp, w, scratch):
+        if self.linear_add_k is not None:
+            self.linear_add_k(x, inp, w, x)
+        else:
+            self.linear(scratch, inp, w)
+            self.k.add(x, x, scratch)
+
+    def _set_pos(self, pos: int) -> None:
+        self.device.allocator.copyin(self.pos, np.array([pos], dtype=np.int32))
+
+    def prefill(self, ids, pos: int = 0) -> None:
+        """Run the prompt tokens ids (at positions pos..) through the model, in chunks;
+        leaves the last token's logits in self.logits."""
+        ids = np.asarray(ids, dtype=np.int32)
+        self.check_room(pos, len(ids))
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[start:start + PREFILL_CHUNK]
+            if len(chunk) == 1:
+                ws = self.decode_ws
+                a = self._decode
+            else:
+                if self._prefill_ws is None:
+                    self._prefill_ws = Workspace(self.device, self.config, PREFILL_CHUNK,
+                                                 self.dtype)
+                ws = self._prefill_ws
+                a = ws.views(len(chunk))
+            self.device.allocator.copyin(ws.ids.narrow(0, 0, len(chunk)), chunk)
+            self._set_pos(pos + start)
+            self._step(a)
+
+    def decode(self, pos: int, token: int | None = None, pick: str = "logits") -> None:
+        """One token at position pos. token=None reads the id left in the device buffer by the
+        previous pick. pick: "logits" (leave logits), "argmax" or "sample" (also write the
+        next id into the device buffer, see pick_on_device)."""
+        self.check_room(pos, 1)
+        if token is not None:
+            self.set_token(token)
+        self._set_pos(pos)
+        runner = self._runners.get(pick)
+        if runner is None:
+            runner = self._runners[pick] = self.device.decode_runner(
+                lambda: (self._step(self._decode), self._pick(pick)))
+        runner()
+
+    def set_token(self, token: int) -> None:
+        self.device.allocator.copyin(self.decode_ws.ids, np.array([token], dtype=np.int32))
+
+    # ------------------------------------------------------------------ picking tokens
+    def can_sample_on_device(self) -> bool:
+        return self.sample_k is not None
+
+    def setup_sampling(self, temperature, top_k, top_p, min_p) -> None:
+        if not hasattr(self, "sample_params"):
+            self.sample_params = self.device.empty((4,), "float32")
+            self.sample_u = self.device.empty((1,), "float32")
+        self.device.allocator.copyin(self.sample_params, np.array(
+            [temperature, top_k, top_p, min_p], dtype=np.float32))
+
+    def set_uniform(self, u: float) -> None:
+        self.device.allocator.copyin(self.sample_u, np.array([u], dtype=np.float32))
+
+    def _pick(self, pick: str) -> None:
+        if pick == "argmax":
+            self.k.argmax(self.decode_ws.ids.native, self.logits.native)
+        elif pick == "sample":
+            self.sample_k(self.decode_ws.ids.native, self.logits.native,
+                          self.sample_params.native, self.sample_u.native)
+
+    def pick_on_device(self, pick: str) -> int:
+        """Write the next token id into the device buffer from the current logits; return it."""
+        self._pick(pick)
+        return self.read_token()
+
+    def read_token(self) -> int:
+        return int(self.decode_ws.ids.numpy()[0])
+
+    def read_logits(self) -> np.ndarray:
+        return self.logits.numpy()[0]
+
+    def check_room(self, pos: int, n: int) -> None:
+        if pos + n > self.ctx:
+            raise ContextLengthError(
+                f"{pos + n} tokens do not fit the context of {self.ctx} tokens; shorten the "
+                f"prompt or raise --ctx-size (the model was trained for "
+                f"{self.config.max_seq_len})")
+
+
+def _cache(kv, which: int, layer: int, ctx: int, c: LlamaConfig):
+    """The [ctx, KV, hd] slice of the stacked cache kv[2, L, ctx, KV, hd]."""
+    size = ctx * c.n_kv_heads * c.hd
+    offset = kv.offset + (which * c.n_layers + layer) * size
+    return Tensor(kv.buffer, (ctx, c.n_kv_heads, c.hd), None, offset).native
+
+
+def _dense(t) -> np.ndarray:
+    return t.dequantize() if isinstance(t, QuantizedArray) else np.asarray(t, dtype=np.float32)
