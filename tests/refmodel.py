@@ -85,3 +85,16 @@ def hf_greedy(model, ids, n: int) -> list[int]:
             out.append(int(res.logits[0, -1].argmax()))
             step = torch.tensor([[out[-1]]])
     return out
+
+
+def reference_checkpoint(model, max_seq_len: int = 256):
+    """A polyllama Checkpoint holding the model's weights directly (no file in between)."""
+    from polyllama import Checkpoint, LlamaConfig
+    c = model.config
+    cfg = LlamaConfig(dim=c.hidden_size, hidden_dim=c.intermediate_size,
+                      n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads,
+                      n_kv_heads=c.num_key_value_heads, vocab_size=c.vocab_size,
+                      max_seq_len=max_seq_len, norm_eps=c.rms_norm_eps,
+                      rope_theta=getattr(c, "rope_theta", None) or c.rope_parameters["rope_theta"],
+                      tie_embeddings=c.tie_word_embeddings).validated()
+    return Checkpoint(cfg, canonical_weights(model), "memory", "<memory>").validate()

@@ -1,0 +1,185 @@
+"""Causal GQA attention over the KV cache (core/ops.py `attention`).
+
+Decode (one token) is split-K "flash decoding": a fixed grid of (head, split) programs each
+reduce a slice of the cached keys 0..pos-1 (slice bounds come from pos, read on the device,
+so a CUDA graph replays at any position), then one program per head merges the slices with
+the new token's own key and value and writes that key and value into the cache row pos.
+Prefill copies its keys and values into the cache, then runs a tiled causal flash-attention
+kernel over the cache rows 0..pos+T-1, so a chunk may continue an earlier prompt.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .device import interpreting
+
+LOG2E = 1.4426950408889634
+_workspaces: dict = {}      # split partials, one per (device, shape); never freed (graph-safe)
+
+
+def _partials(device, H, n_split, block_d):
+    key = (str(device), H, n_split, block_d)
+    if key not in _workspaces:
+        _workspaces[key] = torch.empty((H, n_split, block_d + 2), dtype=torch.float32,
+                                       device=device)
+    return _workspaces[key]
+
+
+@triton.jit
+def _decode_split_kernel(part_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, qk_scale, s_qh, s_c,
+                         G: tl.constexpr, HD: tl.constexpr, N_SPLIT: tl.constexpr,
+                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    h, sp = tl.program_id(0), tl.program_id(1)
+    n = tl.load(pos_ptr)                          # cached keys 0..n-1; key n comes in q's step
+    chunk = tl.cdiv(tl.cdiv(n, N_SPLIT), BLOCK_S) * BLOCK_S
+    start = sp * chunk
+    end = tl.minimum(start + chunk, n)
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < HD
+    q = tl.load(q_ptr + h * s_qh + d, mask=dmask, other=0.0).to(tl.float32) * qk_scale
+    head = (h // G) * HD + d
+    m = tl.max(tl.full([BLOCK_S], float("-inf"), tl.float32), axis=0)
+    l = tl.sum(tl.zeros([BLOCK_S], tl.float32), axis=0)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for s0 in range(start, end, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        smask = s < end
+        offs = s.to(tl.int64)[:, None] * s_c + head[None, :]
+        mask2 = smask[:, None] & dmask[None, :]
+        k = tl.load(kc_ptr + offs, mask=mask2, other=0.0).to(tl.float32)
+        scores = tl.where(smask, tl.sum(k * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=0))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(scores - m_new)
+        v = tl.load(vc_ptr + offs, mask=mask2, other=0.0).to(tl.float32)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        l = l * alpha + tl.sum(p, axis=0)
+        m = m_new
+    base = part_ptr + (h * N_SPLIT + sp) * (BLOCK_D + 2)
+    tl.store(base + d, acc)
+    tl.store(base + BLOCK_D, m)
+    tl.store(base + BLOCK_D + 1, l)
+
+
+@triton.jit
+def _decode_merge_kernel(out_ptr, part_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr,
+                         qk_scale, s_qh, s_kh, s_oh, s_c,
+                         G: tl.constexpr, HD: tl.constexpr, N_SPLIT: tl.constexpr,
+                         BLOCK_D: tl.constexpr):
+    h = tl.program_id(0)
+    n = tl.load(pos_ptr)
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < HD
+    kvh = h // G
+    q = tl.load(q_ptr + h * s_qh + d, mask=dmask, other=0.0).to(tl.float32) * qk_scale
+    k_new = tl.load(k_ptr + kvh * s_kh + d, mask=dmask, other=0.0)
+    v_new = tl.load(v_ptr + kvh * s_kh + d, mask=dmask, other=0.0)
+    s_new = tl.sum(q * k_new.to(tl.float32), axis=0)
+    sp = tl.arange(0, N_SPLIT)
+    base = part_ptr + (h * N_SPLIT + sp) * (BLOCK_D + 2)
+    m = tl.load(base + BLOCK_D)
+    l = tl.load(base + BLOCK_D + 1)
+    acc = tl.load(base[:, None] + d[None, :])
+    top = tl.maximum(tl.max(m, axis=0), s_new)
+    w = tl.where(l > 0, tl.exp2(m - top), 0.0)
+    w_new = tl.exp2(s_new - top)
+    total = tl.sum(l * w, axis=0) + w_new
+    o = (tl.sum(acc * w[:, None], axis=0) + w_new * v_new.to(tl.float32)) / total
+    tl.store(out_ptr + h * s_oh + d, o.to(out_ptr.dtype.element_ty), mask=dmask)
+    if h % G == 0:                                # one program per kv head fills cache row n
+        row = n.to(tl.int64) * s_c + kvh * HD + d
+        tl.store(kc_ptr + row, k_new.to(kc_ptr.dtype.element_ty), mask=dmask)
+        tl.store(vc_ptr + row, v_new.to(vc_ptr.dtype.element_ty), mask=dmask)
+
+
+@triton.jit
+def _cache_write_kernel(kc_ptr, vc_ptr, k_ptr, v_ptr, pos_ptr, s_kt, s_kh, s_vt, s_vh, s_c,
+                        HD: tl.constexpr, BLOCK_D: tl.constexpr):
+    t, kvh = tl.program_id(0), tl.program_id(1)
+    d = tl.arange(0, BLOCK_D)
+    row = (tl.load(pos_ptr) + t).to(tl.int64) * s_c + kvh * HD + d
+    k = tl.load(k_ptr + t * s_kt + kvh * s_kh + d, mask=d < HD)
+    v = tl.load(v_ptr + t * s_vt + kvh * s_vh + d, mask=d < HD)
+    tl.store(kc_ptr + row, k.to(kc_ptr.dtype.element_ty), mask=d < HD)
+    tl.store(vc_ptr + row, v.to(vc_ptr.dtype.element_ty), mask=d < HD)
+
+
+@triton.jit
+def _prefill_kernel(out_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, T, qk_scale, s_qt, s_qh, s_ot,
+                    s_oh, s_c, G: tl.constexpr, HD: tl.constexpr, PRECISION: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    mb, h = tl.program_id(0), tl.program_id(1)
+    p0 = tl.load(pos_ptr)
+    t = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < HD
+    q = tl.load(q_ptr + t[:, None] * s_qt + h * s_qh + d[None, :],
+                mask=(t[:, None] < T) & dmask[None, :], other=0.0)
+    head = (h // G) * HD + d
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    end = p0 + tl.minimum(mb * BLOCK_M + BLOCK_M, T)     # keys visible to this block's last row
+    for j0 in range(0, end, BLOCK_N):
+        j = j0 + tl.arange(0, BLOCK_N)
+        offs = j.to(tl.int64)[:, None] * s_c + head[None, :]
+        mask2 = (j[:, None] < end) & dmask[None, :]
+        k = tl.load(kc_ptr + offs, mask=mask2, other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        scores = tl.where(j[None, :] <= p0 + t[:, None], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(scores - m_new[:, None])
+        v = tl.load(vc_ptr + offs, mask=mask2, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        l = l * alpha + tl.sum(p, axis=1)
+        m = m_new
+    o = acc / l[:, None]
+    tl.store(out_ptr + t[:, None] * s_ot + h * s_oh + d[None, :], o.to(out_ptr.dtype.element_ty),
+             mask=(t[:, None] < T) & dmask[None, :])
+
+
+def _n_split(device, H, S, block_s):
+    """Enough (head, split) programs to cover the GPU a few times over."""
+    sms = 4 if device.type == "cpu" else torch.cuda.get_device_properties(device).multi_processor_count
+    want = triton.next_power_of_2(triton.cdiv(4 * sms, H))
+    return max(1, min(want, triton.next_power_of_2(triton.cdiv(S, block_s)), 64))
+
+
+def attention(out, q, k, v, k_cache, v_cache, pos, scale):
+    T, H, hd = q.shape
+    S, KV, _ = k_cache.shape
+    G = H // KV
+    assert q.stride(2) == k.stride(2) == v.stride(2) == out.stride(2) == 1
+    assert k_cache.is_contiguous() and v_cache.is_contiguous()
+    block_d = max(16, triton.next_power_of_2(hd))
+    qk_scale = float(scale) * LOG2E
+    s_c = k_cache.stride(0)
+    if T == 1:
+        block_s = 16 if interpreting() else 32
+        n_split = _n_split(q.device, H, S, block_s)
+        part = _partials(q.device, H, n_split, block_d)
+        _decode_split_kernel[(H, n_split)](
+            part, q, k_cache, v_cache, pos, qk_scale, q.stride(1), s_c, G=G, HD=hd,
+            N_SPLIT=n_split, BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4)
+        _decode_merge_kernel[(H,)](
+            out, part, q, k, v, k_cache, v_cache, pos, qk_scale, q.stride(1), k.stride(1),
+            out.stride(1), s_c, G=G, HD=hd, N_SPLIT=n_split, BLOCK_D=block_d, num_warps=4)
+        return
+    _cache_write_kernel[(T, KV)](k_cache, v_cache, k, v, pos, k.stride(0), k.stride(1),
+                                 v.stride(0), v.stride(1), s_c, HD=hd, BLOCK_D=block_d,
+                                 num_warps=1)
+    fp32 = q.element_size() == 4
+    if interpreting():
+        bm, bn, warps, stages = 16, 16, 4, 1
+    elif fp32:
+        bm, bn, warps, stages = 64, 32, 4, 2
+    else:
+        bm, bn, warps, stages = 128, 64, 8, 2
+    _prefill_kernel[(triton.cdiv(T, bm), H)](
+        out, q, k_cache, v_cache, pos, T, qk_scale, q.stride(0), q.stride(1), out.stride(0),
+        out.stride(1), s_c, G=G, HD=hd, PRECISION="ieee" if fp32 else "tf32",
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
+

@@ -1,0 +1,115 @@
+"""TritonDevice: buffers are torch CUDA tensors; torch serves memory, streams and graphs only.
+
+Under TRITON_INTERPRET=1 the same device keeps its buffers in host memory (torch CPU
+tensors), so every Triton kernel of this backend also runs, slowly, without a GPU.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from polyllama import Allocator, Device, DeviceError
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                "int32": torch.int32, "int64": torch.int64, "int8": torch.int8,
+                "uint8": torch.uint8}
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+class TritonAllocator(Allocator):
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def _alloc(self, numel, dtype):
+        try:
+            return torch.empty(numel, dtype=TORCH_DTYPES[dtype], device=self.device)
+        except torch.OutOfMemoryError as e:
+            raise MemoryError(str(e).split("\n")[0]) from e
+
+    def _copyin(self, native, host):
+        if host.dtype.name == "bfloat16":           # ml_dtypes bf16: move the raw bits
+            src = torch.from_numpy(host.view(np.int16)).view(torch.bfloat16)
+        else:
+            src = torch.from_numpy(host)
+        native.copy_(src.reshape(native.shape))
+
+    def _copyout(self, native, dtype):
+        t = native.detach()
+        if t.is_floating_point():
+            t = t.float()
+        return t.cpu().numpy()
+
+    def _view(self, native, offset, shape, strides):
+        return torch.as_strided(native, shape, strides, offset)
+
+
+class TritonDevice(Device):
+    default_dtype = "bfloat16"
+    supported_dtypes = ("bfloat16", "float16", "float32")
+
+    def __init__(self, spec, index):
+        if interpreting():
+            self.torch_device = torch.device("cpu")
+        else:
+            if index >= torch.cuda.device_count():
+                raise DeviceError(f"{spec}: there is no CUDA GPU {index} (torch sees "
+                                  f"{torch.cuda.device_count()}); pick an index below that")
+            self.torch_device = torch.device("cuda", index)
+            torch.cuda.set_device(self.torch_device)
+        super().__init__(spec, index)
+
+    def make_allocator(self):
+        return TritonAllocator(self.torch_device)
+
+    def name(self):
+        if self.torch_device.type == "cpu":
+            return "host CPU (Triton interpreter)"
+        return torch.cuda.get_device_name(self.torch_device)
+
+    def synchronize(self):
+        if self.torch_device.type == "cuda":
+            torch.cuda.synchronize(self.torch_device)
+
+    def memory(self):
+        if self.torch_device.type != "cuda":
+            return {}
+        _, total = torch.cuda.mem_get_info(self.torch_device)
+        return {"used": torch.cuda.memory_allocated(self.torch_device), "total": total,
+                "peak": torch.cuda.max_memory_allocated(self.torch_device)}
+
+    def decode_runner(self, step):
+        """Run the step once (compiles every kernel and allocates kernel workspaces), then
+        capture it as one CUDA graph and return its replay. POLYLLAMA_NO_GRAPH=1 keeps it eager."""
+        if self.torch_device.type != "cuda" or os.environ.get("POLYLLAMA_NO_GRAPH", "0") != "0":
+            return step
+        step()
+        torch.cuda.synchronize(self.torch_device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        return graph.replay
+
+    def measure_bandwidth(self, nbytes: int = 1 << 30, repeats: int = 20) -> float | None:
+        """Device-to-device copy rate in bytes/s, counting bytes read plus bytes written
+        (the median of `repeats` copies of nbytes)."""
+        if self.torch_device.type != "cuda":
+            return None
+        src = torch.randn(nbytes // 4, device=self.torch_device)
+        dst = torch.empty_like(src)
+        times = []
+        for i in range(repeats + 3):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            dst.copy_(src)
+            end.record()
+            end.synchronize()
+            if i >= 3:
+                times.append(start.elapsed_time(end) / 1e3)
+        del src, dst
+        return 2 * (nbytes // 4 * 4) / float(np.median(times))

@@ -1,0 +1,127 @@
+"""Element-wise and per-row ops of core/ops.py as Triton kernels.
+
+Every kernel takes strides, so it works on the column views the executor hands it (q, k, v
+of one fused qkv output; gate and up of one fused w1|w3 output). Math is float32; results
+are stored in the output's dtype.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+ROW_BLOCK = 1024         # columns per program of the element-wise kernels
+
+
+@triton.jit
+def _embedding_kernel(out_ptr, table_ptr, ids_ptr, D, s_out, s_tab, BLOCK: tl.constexpr):
+    t, cb = tl.program_id(0), tl.program_id(1)
+    cols = cb * BLOCK + tl.arange(0, BLOCK)
+    row = tl.load(ids_ptr + t).to(tl.int64)
+    val = tl.load(table_ptr + row * s_tab + cols, mask=cols < D)
+    tl.store(out_ptr + t * s_out + cols, val.to(out_ptr.dtype.element_ty), mask=cols < D)
+
+
+def embedding(out, table, ids):
+    T, D = out.shape
+    _embedding_kernel[(T, triton.cdiv(D, ROW_BLOCK))](out, table, ids, D, out.stride(0),
+                                                      table.stride(0), BLOCK=ROW_BLOCK)
+
+
+@triton.jit
+def _rmsnorm_kernel(out_ptr, x_ptr, w_ptr, D, eps, s_out, s_x, BLOCK: tl.constexpr):
+    t = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + t * s_x + cols, mask=cols < D, other=0.0).to(tl.float32)
+    inv = tl.rsqrt(tl.sum(x * x, axis=0) / D + eps)
+    w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+    tl.store(out_ptr + t * s_out + cols, (x * inv * w).to(out_ptr.dtype.element_ty),
+             mask=cols < D)
+
+
+def rmsnorm(out, x, weight, eps):
+    T, D = x.shape
+    block = triton.next_power_of_2(D)
+    _rmsnorm_kernel[(T,)](out, x, weight, D, float(eps), out.stride(0), x.stride(0),
+                          BLOCK=block, num_warps=min(16, max(1, block // 512)))
+
+
+@triton.jit
+def _rope_kernel(q_ptr, k_ptr, pos_ptr, cos_ptr, sin_ptr, H, sq_t, sq_h, sk_t, sk_h, s_tab,
+                 HALF: tl.constexpr, BLOCK: tl.constexpr):
+    t, head = tl.program_id(0), tl.program_id(1)
+    if head < H:
+        base = q_ptr + t * sq_t + head * sq_h
+    else:
+        base = k_ptr + t * sk_t + (head - H) * sk_h
+    p = tl.load(pos_ptr) + t
+    i = tl.arange(0, BLOCK)
+    mask = i < HALF
+    c = tl.load(cos_ptr + p * s_tab + i, mask=mask)
+    s = tl.load(sin_ptr + p * s_tab + i, mask=mask)
+    even = tl.load(base + 2 * i, mask=mask).to(tl.float32)
+    odd = tl.load(base + 2 * i + 1, mask=mask).to(tl.float32)
+    tl.store(base + 2 * i, (even * c - odd * s).to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(base + 2 * i + 1, (even * s + odd * c).to(q_ptr.dtype.element_ty), mask=mask)
+
+
+def rope(q, k, pos, cos, sin):
+    T, H, hd = q.shape
+    assert q.stride(2) == 1 and k.stride(2) == 1, "rope needs unit stride along the head"
+    _rope_kernel[(T, H + k.shape[1])](q, k, pos, cos, sin, H, q.stride(0), q.stride(1),
+                                      k.stride(0), k.stride(1), cos.stride(0), HALF=hd // 2,
+                                      BLOCK=triton.next_power_of_2(hd // 2), num_warps=1)
+
+
+@triton.jit
+def _silu_mul_kernel(out_ptr, g_ptr, u_ptr, N, s_out, s_g, s_u, BLOCK: tl.constexpr):
+    t, cb = tl.program_id(0), tl.program_id(1)
+    cols = cb * BLOCK + tl.arange(0, BLOCK)
+    g = tl.load(g_ptr + t * s_g + cols, mask=cols < N).to(tl.float32)
+    u = tl.load(u_ptr + t * s_u + cols, mask=cols < N).to(tl.float32)
+    tl.store(out_ptr + t * s_out + cols, (g * tl.sigmoid(g) * u).to(out_ptr.dtype.element_ty),
+             mask=cols < N)
+
+
+def silu_mul(out, gate, up):
+    T, N = out.shape
+    _silu_mul_kernel[(T, triton.cdiv(N, ROW_BLOCK))](out, gate, up, N, out.stride(0),
+                                                     gate.stride(0), up.stride(0),
+                                                     BLOCK=ROW_BLOCK)
+
+
+@triton.jit
+def _add_kernel(out_ptr, a_ptr, b_ptr, N, s_out, s_a, s_b, BLOCK: tl.constexpr):
+    t, cb = tl.program_id(0), tl.program_id(1)
+    cols = cb * BLOCK + tl.arange(0, BLOCK)
+    a = tl.load(a_ptr + t * s_a + cols, mask=cols < N).to(tl.float32)
+    b = tl.load(b_ptr + t * s_b + cols, mask=cols < N).to(tl.float32)
+    tl.store(out_ptr + t * s_out + cols, (a + b).to(out_ptr.dtype.element_ty), mask=cols < N)
+
+
+def add(out, a, b):
+    T, N = out.shape
+    _add_kernel[(T, triton.cdiv(N, ROW_BLOCK))](out, a, b, N, out.stride(0), a.stride(0),
+                                                b.stride(0), BLOCK=ROW_BLOCK)
+
+
+@triton.jit
+def _argmax_kernel(out_ptr, x_ptr, V, s_x, BLOCK: tl.constexpr):
+    """Each lane keeps its first maximum; the smallest index holding the global max wins."""
+    t = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    best = tl.full([BLOCK], float("-inf"), tl.float32)
+    idx = tl.zeros([BLOCK], tl.int32)
+    for v0 in range(0, V, BLOCK):
+        x = tl.load(x_ptr + t * s_x + v0 + offs, mask=v0 + offs < V,
+                    other=float("-inf")).to(tl.float32)
+        better = x > best
+        best = tl.where(better, x, best)
+        idx = tl.where(better, v0 + offs, idx)
+    top = tl.max(best, axis=0)
+    tl.store(out_ptr + t, tl.min(tl.where(best == top, idx, V), axis=0))
+
+
+def argmax(out, logits):
+    T, V = logits.shape
+    _argmax_kernel[(T,)](out, logits, V, logits.stride(0),
+                         BLOCK=min(4096, triton.next_power_of_2(V)), num_warps=8)

@@ -1,0 +1,128 @@
+"""linear, rmsnorm_linear and linear_add: out = [residual +] norm?(x) @ W^T.
+
+One token (decode) streams W once through a GEMV whose programs each own a few rows: it is
+bound by memory bandwidth. More tokens (prefill) go through a tiled tl.dot GEMM. Both fuse
+the optional RMSNorm of the input (x * weight, with the row's inverse RMS applied to the
+accumulator at the end) and the optional residual add into the store.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .device import interpreting
+
+
+@triton.jit
+def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
+                 NORM: tl.constexpr, ADD: tl.constexpr, EVEN: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    ss = tl.zeros([BLOCK_K], tl.float32)
+    w_rows = w_ptr + rows.to(tl.int64)[:, None] * s_w
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + cols
+        if EVEN:
+            x = tl.load(x_ptr + k).to(tl.float32)
+            w = tl.load(w_rows + k[None, :])
+        else:
+            x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            w = tl.load(w_rows + k[None, :], mask=(rows[:, None] < N) & (k[None, :] < K),
+                        other=0.0)
+        if NORM:
+            ss += x * x
+            x = x * tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+        acc += w.to(tl.float32) * x[None, :]
+    y = tl.sum(acc, axis=1)
+    if NORM:
+        y = y * tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
+    if ADD:
+        y += tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
+
+
+@triton.jit
+def _gemm_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, M, N, K, s_out, s_x, s_w, s_r, eps,
+                 NORM: tl.constexpr, ADD: tl.constexpr, PRECISION: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)                           # grouped order: neighbours share W tiles
+    n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * n_n)
+    first_m = group * GROUP_M
+    size_m = min(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * n_n)) % size_m
+    pid_n = (pid % (GROUP_M * n_n)) // size_m
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    x_rows = x_ptr + rm.to(tl.int64)[:, None] * s_x
+    w_rows = w_ptr + rn.to(tl.int64)[:, None] * s_w
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    ss = tl.zeros([BLOCK_M], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + rk
+        a = tl.load(x_rows + k[None, :], mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
+        b = tl.load(w_rows + k[None, :], mask=(rn[:, None] < N) & (k[None, :] < K), other=0.0)
+        if NORM:
+            af = a.to(tl.float32)
+            ss += tl.sum(af * af, axis=1)
+            g = tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            a = (af * g[None, :]).to(b.dtype)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
+    if NORM:
+        acc = acc * tl.rsqrt(ss / K + eps)[:, None]
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    if ADD:
+        acc += tl.load(r_ptr + rm[:, None] * s_r + rn[None, :], mask=mask, other=0.0).to(
+            tl.float32)
+    tl.store(out_ptr + rm[:, None] * s_out + rn[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=mask)
+
+
+def _gemv_config(N, K):
+    """(BLOCK_N, BLOCK_K, num_warps) for one token."""
+    if interpreting():
+        return 16, min(128, triton.next_power_of_2(K)), 4
+    return 8, min(512, triton.next_power_of_2(K)), 4
+
+
+def _run(out, x, w, g=None, eps=0.0, residual=None):
+    W = w.parts["w"]
+    M, K = x.shape
+    N = W.shape[0]
+    assert x.stride(1) == 1 and W.stride(1) == 1 and out.stride(1) == 1, "rows must be dense"
+    norm, add = g is not None, residual is not None
+    if M == 1:
+        bn, bk, warps = _gemv_config(N, K)
+        _gemv_kernel[(triton.cdiv(N, bn),)](
+            out, x, W, g if norm else x, residual if add else out, N, K, W.stride(0),
+            float(eps), NORM=norm, ADD=add, EVEN=(N % bn == 0 and K % bk == 0),
+            BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+        return
+    if interpreting():
+        bm, bn, bk, warps, stages = 16, 32, 32, 4, 1
+    elif W.element_size() == 4:
+        bm, bn, bk, warps, stages = 64, 64, 32, 4, 3
+    else:
+        bm, bn, bk, warps, stages = 128, 128, 64, 8, 3
+    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+    _gemm_kernel[grid](
+        out, x, W, g if norm else x, residual if add else out, M, N, K, out.stride(0),
+        x.stride(0), W.stride(0), residual.stride(0) if add else 0, float(eps),
+        NORM=norm, ADD=add, PRECISION="ieee" if W.element_size() == 4 else "tf32",
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
+
+
+def linear(out, x, w):
+    _run(out, x, w)
+
+
+def rmsnorm_linear(out, x, weight, eps, w):
+    _run(out, x, w, g=weight, eps=eps)
+
+
+def linear_add(out, x, w, residual):
+    _run(out, x, w, residual=residual)
