@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(chat)
     sub.add_parser("devices", help="list every known device spec and its availability")
     sub.add_parser("plugins", help="list installed plugins and what they register")
-    for extra in ("bench", "hub"):
+    for extra in ():
         module = __import__(f"polyllama.{extra}", fromlist=["add_cli"])
         module.add_cli(sub)
     return ap
@@ -89,13 +89,17 @@ def _load(a):
 
 def cmd_run(a) -> int:
     params = _sampling(a)
+    ids = parse_ids(a.prompt_ids) if a.prompt_ids is not None else None
     if a.file:
-        with open(a.file, encoding="utf-8") as f:
-            a.prompt = f.read()
+        try:
+            with open(a.file, encoding="utf-8") as f:
+                a.prompt = f.read()
+        except OSError as e:
+            raise UsageError(f"cannot read the prompt file: {e}") from None
     llm = _load(a)
     kw = dict(max_tokens=a.n_predict, stop=a.stop, ignore_eos=a.ignore_eos, params=params)
-    if a.prompt_ids:
-        gen = llm.generate(prompt_ids=parse_ids(a.prompt_ids), **kw)
+    if ids is not None:
+        gen = llm.generate(prompt_ids=ids, **kw)
     elif a.chat:
         gen = llm.chat(system=a.system).send(a.prompt or "", **kw)
     else:

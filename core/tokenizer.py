@@ -162,13 +162,14 @@ class Llama2cTokenizer(Tokenizer):
         (max_len,) = struct.unpack_from("<I", data)
         pieces, scores, off = [], [], 4
         while off < len(data) and (vocab_size is None or len(pieces) < vocab_size):
-            score, n = struct.unpack_from("<fI", data, off) if off + 8 <= len(data) else (0, -1)
+            n = struct.unpack_from("<I", data, off + 4)[0] if off + 8 <= len(data) else None
+            if n is None or off + 8 + n > len(data):
+                raise TokenizerError(f"{name}: truncated: token {len(pieces)} at byte {off} "
+                                     f"runs past the end of the file ({len(data)} bytes)")
             if n > max_len:
                 raise TokenizerError(f"{name}: token {len(pieces)} claims {n} bytes, more than "
                                      f"the max_token_length {max_len} of the header (corrupt)")
-            if n < 0 or off + 8 + n > len(data):
-                raise TokenizerError(f"{name}: truncated: token {len(pieces)} at byte {off} "
-                                     f"runs past the end of the file ({len(data)} bytes)")
+            (score,) = struct.unpack_from("<f", data, off)
             pieces.append(data[off + 8:off + 8 + n])
             scores.append(score)
             off += 8 + n
@@ -258,8 +259,8 @@ def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
         try:
             tokenizer = SentencePieceTokenizer(data, path)
         except TokenizerError:
-            raise TokenizerError(f"{path}: neither a sentencepiece model nor a llama2.c "
-                                 f"tokenizer.bin; read as the latter: {bin_error}") from None
+            raise TokenizerError(f"{bin_error}; nor is it a sentencepiece model: pass the "
+                                 "model's tokenizer.model or tokenizer.bin") from None
     if vocab_size is not None:
         tokenizer.check_vocab(vocab_size)
     return tokenizer
