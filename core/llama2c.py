@@ -37,11 +37,12 @@ def load_llama2c(path) -> Checkpoint:
     """Load any llama2.c-family checkpoint; raise ModelFormatError on anything malformed."""
     path = os.fspath(path)
     size = _file_size(path)
-    with open(path, "rb") as f:
-        head = f.read(V1_HEADER)
-    fmt, config, header, plan, group = _detect(path, size, head)
-    with open(path, "rb") as f:
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        with open(path, "rb") as f:
+            fmt, config, header, plan, group = _detect(path, size, f.read(V1_HEADER))
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot read the checkpoint ({e.strerror})") from None
     tensors, offset = {}, header
     for name, shape, kind in plan:
         n = int(np.prod(shape))

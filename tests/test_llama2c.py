@@ -157,3 +157,62 @@ def test_unreadable_paths(tmp_path, case, message):
         path.write_bytes(_header_v1()[:100])
     with pytest.raises(ModelFormatError, match=message):
         load_llama2c(path)
+
+
+# -- the whole model through each file format, against transformers ----------------------
+
+PROMPT = [1, 5, 7, 9, 11, 3, 17]
+HF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+            "wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
+            "wo": "self_attn.o_proj", "w1": "mlp.gate_proj", "w2": "mlp.down_proj",
+            "w3": "mlp.up_proj"}
+
+
+def to_hf_layout(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Adjacent-pair q/k rows -> Hugging Face rotate-half rows (as llama2.c's hf export does)."""
+    out_dim, in_dim = w.shape
+    return w.reshape(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(0, 2, 1, 3) \
+        .reshape(out_dim, in_dim)
+
+
+def hf_with_file_weights(model, tensors):
+    """A copy of the transformers model whose weights are the file's, int8 ones dequantized
+    by the test: the reference then computes with exactly what the file holds."""
+    import copy
+    import torch
+    hf = copy.deepcopy(model)
+    sd, c = hf.state_dict(), hf.config
+    for key, t in tensors.items():
+        w = dequantize(t) if isinstance(t, QuantizedArray) else np.asarray(t, np.float64)
+        if key in ("tok_embeddings", "norm", "output"):
+            target = {"tok_embeddings": "model.embed_tokens.weight", "norm": "model.norm.weight",
+                      "output": "lm_head.weight"}[key]
+        else:
+            _, layer, kind = key.split(".")
+            target = f"model.layers.{layer}.{HF_NAMES[kind]}.weight"
+            if kind in ("wq", "wk"):
+                w = to_hf_layout(w, c.num_attention_heads if kind == "wq"
+                                 else c.num_key_value_heads)
+        with torch.no_grad():
+            sd[target].copy_(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+    return hf
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_whole_model_matches_transformers(tmp_path, ref, fmt):
+    from polyllama import get_device
+    from polyllama.model import Model
+    from refmodel import hf_greedy, hf_logits
+
+    name, model, weights = ref
+    ckpt = load_llama2c(write(tmp_path / "model.bin", fmt, name, weights))
+    hf = hf_with_file_weights(model, ckpt.tensors) if fmt in INT8 else model
+    llm = Model.build(ckpt, get_device("cpu:numpy"))
+    llm.prefill(PROMPT, 0)
+    want = hf_logits(hf, PROMPT)[-1]
+    assert np.max(np.abs(llm.read_logits() - want)) <= 1e-4 * np.max(np.abs(want))
+    tokens = [llm.pick_on_device("argmax")]
+    for i in range(31):
+        llm.decode(len(PROMPT) + i, pick="argmax")
+        tokens.append(llm.read_token())
+    assert tokens == hf_greedy(hf, PROMPT, 32)

@@ -56,7 +56,7 @@ def sp_files(tmp_path_factory):
 
 @pytest.fixture(scope="session", params=["tokenizer.model", "tokenizer.bin"])
 def tok(request, sp_files):
-    sp, model, bin_path = sp_files
+    _, model, bin_path = sp_files
     return load_tokenizer(model if request.param == "tokenizer.model" else bin_path)
 
 
@@ -155,8 +155,14 @@ def test_tokenizer_bin_cut_at_a_record_boundary(tmp_path, sp_files):
         load_tokenizer(path, vocab_size=n)
 
 
-@pytest.mark.parametrize("case", ["empty", "directory", "missing", "garbage", "cut-model"])
-def test_unreadable_tokenizer_files(tmp_path, sp_files, case):
+@pytest.mark.parametrize("case, message", [
+    ("empty", "the tokenizer file is empty"),
+    ("directory", "is a directory"),
+    ("missing", "cannot read the tokenizer"),
+    ("garbage", "nor is it a sentencepiece model"),
+    ("cut-model", "nor is it a sentencepiece model"),
+])
+def test_unreadable_tokenizer_files(tmp_path, sp_files, case, message):
     path = tmp_path / "tokenizer.model"
     if case == "empty":
         path.write_bytes(b"")
@@ -166,5 +172,5 @@ def test_unreadable_tokenizer_files(tmp_path, sp_files, case):
         path.write_bytes(bytes(range(256)) * 4)
     elif case == "cut-model":
         path.write_bytes(sp_files[1].read_bytes()[:-50])
-    with pytest.raises(TokenizerError):
+    with pytest.raises(TokenizerError, match=message):
         load_tokenizer(path)

@@ -109,6 +109,7 @@ def _cache_write_kernel(kc_ptr, vc_ptr, k_ptr, v_ptr, pos_ptr, s_kt, s_kh, s_vt,
 @triton.jit
 def _prefill_kernel(out_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, T, qk_scale, s_qt, s_qh, s_ot,
                     s_oh, s_c, G: tl.constexpr, HD: tl.constexpr, PRECISION: tl.constexpr,
+                    DOT_F32: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     mb, h = tl.program_id(0), tl.program_id(1)
     p0 = tl.load(pos_ptr)
@@ -117,6 +118,8 @@ def _prefill_kernel(out_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, T, qk_scale, s_qt, 
     dmask = d < HD
     q = tl.load(q_ptr + t[:, None] * s_qt + h * s_qh + d[None, :],
                 mask=(t[:, None] < T) & dmask[None, :], other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
     head = (h // G) * HD + d
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
@@ -127,12 +130,14 @@ def _prefill_kernel(out_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, T, qk_scale, s_qt, 
         offs = j.to(tl.int64)[:, None] * s_c + head[None, :]
         mask2 = (j[:, None] < end) & dmask[None, :]
         k = tl.load(kc_ptr + offs, mask=mask2, other=0.0)
+        v = tl.load(vc_ptr + offs, mask=mask2, other=0.0)
+        if DOT_F32:
+            k, v = k.to(tl.float32), v.to(tl.float32)
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         scores = tl.where(j[None, :] <= p0 + t[:, None], scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=1))
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(scores - m_new[:, None])
-        v = tl.load(vc_ptr + offs, mask=mask2, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         l = l * alpha + tl.sum(p, axis=1)
         m = m_new
@@ -181,5 +186,6 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     _prefill_kernel[(triton.cdiv(T, bm), H)](
         out, q, k_cache, v_cache, pos, T, qk_scale, q.stride(0), q.stride(1), out.stride(0),
         out.stride(1), s_c, G=G, HD=hd, PRECISION="ieee" if fp32 else "tf32",
+        DOT_F32=interpreting(),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
 

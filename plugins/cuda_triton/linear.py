@@ -46,13 +46,13 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
 @triton.jit
 def _gemm_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, M, N, K, s_out, s_x, s_w, s_r, eps,
                  NORM: tl.constexpr, ADD: tl.constexpr, PRECISION: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr):
+                 DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)                           # grouped order: neighbours share W tiles
     n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * n_n)
     first_m = group * GROUP_M
-    size_m = min(n_m - first_m, GROUP_M)
+    size_m = tl.minimum(n_m - first_m, GROUP_M)
     pid_m = first_m + (pid % (GROUP_M * n_n)) % size_m
     pid_n = (pid % (GROUP_M * n_n)) // size_m
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -71,6 +71,8 @@ def _gemm_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, M, N, K, s_out, s_x, s_w, 
             ss += tl.sum(af * af, axis=1)
             g = tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
             a = (af * g[None, :]).to(b.dtype)
+        if DOT_F32:
+            a, b = a.to(tl.float32), b.to(tl.float32)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
     if NORM:
         acc = acc * tl.rsqrt(ss / K + eps)[:, None]
@@ -113,6 +115,7 @@ def _run(out, x, w, g=None, eps=0.0, residual=None):
         out, x, W, g if norm else x, residual if add else out, M, N, K, out.stride(0),
         x.stride(0), W.stride(0), residual.stride(0) if add else 0, float(eps),
         NORM=norm, ADD=add, PRECISION="ieee" if W.element_size() == 4 else "tf32",
+        DOT_F32=interpreting(),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
 
 

@@ -1,0 +1,330 @@
+"""Every kernel of every backend against core/reference.py (float64) on fresh random inputs.
+
+Inputs are laid out exactly as the executor lays them out (q, k, v as column slices of one
+fused qkv buffer, outputs as the first rows of larger buffers, KV caches as slices of one
+stacked cache), and every output starts as NaN so an element a kernel forgets to write
+shows. Only the Device/Tensor API and registry.kernel() are used, so the suite runs
+unchanged on any backend plugin. A failing case prints POLYLLAMA_TEST_SEED to replay it.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+
+import numpy as np
+import pytest
+
+from polyllama import Tensor, Weight, get_registry, reference
+from polyllama.ops import DENSE, OPTIONAL_OPS, REQUIRED_OPS
+
+TOL = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 2e-2}   # relative to the largest |ref|
+HEADS = {"mha-hd12": (4, 4, 12), "gqa-hd16": (6, 2, 16), "mqa-hd64": (8, 1, 64)}
+
+
+@pytest.fixture(params=sorted(TOL))
+def dtype(request, backend):
+    if request.param not in backend.supported_dtypes:
+        pytest.skip(f"{backend.spec} does not compute in {request.param}")
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    seed = int(os.environ.get("POLYLLAMA_TEST_SEED", secrets.randbits(32)))
+    print(f"POLYLLAMA_TEST_SEED={seed}")
+    return np.random.default_rng(seed)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def kernel(device, op, fmt=DENSE):
+    return get_registry().kernel(device.backend_id, op, fmt)
+
+
+def optional_kernel(device, op):
+    if not get_registry().has_kernel(device.backend_id, op):
+        pytest.skip(f"{device.spec} registers no {op} kernel (optional op)")
+    return kernel(device, op)
+
+
+def upload(device, host, dtype):
+    return device.upload(np.asarray(host, dtype=np.float32), dtype)
+
+
+def poisoned(device, shape, dtype, spare_rows=2):
+    """(out, whole): out is the first rows of a NaN-filled buffer (-1 for ints) with
+    spare_rows more, so unwritten elements and writes past the end both show."""
+    rows = (shape[0] + spare_rows,) + tuple(shape[1:])
+    if dtype == "int32":
+        whole = device.upload(np.full(rows, -1, dtype=np.int32))
+    else:
+        whole = upload(device, np.full(rows, np.nan), dtype)
+    return whole.narrow(0, 0, shape[0]), whole
+
+
+def read(device, t) -> np.ndarray:
+    device.synchronize()
+    return t.numpy()
+
+
+def check_out(device, out, whole, want, dtype, what):
+    """out kept its shape and dtype, every element was written, none past it, values close."""
+    native = out.native
+    assert tuple(native.shape) == want.shape, f"{what}: out was resized to {native.shape}"
+    assert str(native.dtype).endswith(dtype), f"{what}: out has dtype {native.dtype}"
+    got, rest = read(device, out), read(device, whole)[want.shape[0]:]
+    if dtype == "int32":
+        assert (rest == -1).all(), f"{what}: the kernel wrote past the end of out"
+        np.testing.assert_array_equal(got, want, err_msg=what)
+        return
+    assert np.isnan(rest).all(), f"{what}: the kernel wrote past the end of out"
+    assert not np.isnan(got).any(), f"{what}: {np.isnan(got).sum()} elements never written"
+    assert_close(got, want, dtype, what)
+
+
+def assert_close(got, want, dtype, what):
+    tol = TOL[dtype]
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(np.abs(want).max(), 1e-30),
+                               err_msg=what)
+
+
+def heads(t, T, n, hd):
+    """[T, n*hd] column slice -> [T, n, hd] view keeping the row stride (as core/model.py)."""
+    return Tensor(t.buffer, (T, n, hd), (t.strides[0], hd, 1), t.offset)
+
+
+def fused_qkv(device, rng, T, H, KV, hd, dtype):
+    """One [T, (H+2KV)*hd] buffer and its q, k, v head views, like the executor's qkv."""
+    qkv = upload(device, rng.standard_normal((T, (H + 2 * KV) * hd)), dtype)
+    q, k, v = qkv.split_last(H * hd, KV * hd, KV * hd)
+    return qkv, heads(q, T, H, hd), heads(k, T, KV, hd), heads(v, T, KV, hd)
+
+
+def split_qkv(host, H, KV, hd):
+    T = host.shape[0]
+    q, k, v = np.split(host, [H * hd, (H + KV) * hd], axis=1)
+    return q.reshape(T, H, hd), k.reshape(T, KV, hd), v.reshape(T, KV, hd)
+
+
+def dense(device, w, dtype):
+    t = upload(device, w, dtype)
+    return Weight(DENSE, tuple(w.shape), {"w": t.native}), t.numpy()
+
+
+# ---------------------------------------------------------------- registration
+
+
+def test_every_required_op_resolves(backend):
+    for op in REQUIRED_OPS:
+        assert callable(kernel(backend, op)), op
+    for op in OPTIONAL_OPS:
+        if get_registry().has_kernel(backend.backend_id, op):
+            assert callable(kernel(backend, op)), op
+
+
+# ---------------------------------------------------------------- required ops
+
+
+@pytest.mark.parametrize("T", [1, 7])
+def test_embedding(backend, dtype, rng, T):
+    V, D = 53, 37
+    table = upload(backend, rng.standard_normal((V, D)), dtype)
+    ids = rng.integers(0, V, T).astype(np.int32)
+    ids[0], ids[-1] = V - 1, 0
+    out, whole = poisoned(backend, (T, D), dtype)
+    kernel(backend, "embedding")(out.native, table.native, backend.upload(ids).native)
+    check_out(backend, out, whole, reference.embedding(table.numpy(), ids), dtype, "embedding")
+
+
+@pytest.mark.parametrize("T", [1, 6])
+@pytest.mark.parametrize("eps", [1e-5, 1e-6])
+def test_rmsnorm(backend, dtype, rng, T, eps):
+    D = 67
+    x = upload(backend, rng.standard_normal((T, D)) * rng.uniform(0.1, 3, (T, 1)), dtype)
+    w = upload(backend, 1 + 0.3 * rng.standard_normal(D), dtype)
+    out, whole = poisoned(backend, (T, D), dtype)
+    kernel(backend, "rmsnorm")(out.native, x.native, w.native, eps)
+    want = reference.rmsnorm(x.numpy(), w.numpy(), eps)
+    check_out(backend, out, whole, want, dtype, "rmsnorm")
+
+
+@pytest.mark.parametrize("T", [1, 5, 33])
+@pytest.mark.parametrize("N,K", [(45, 67), (96, 128)])
+def test_linear(backend, dtype, rng, T, N, K):
+    x = upload(backend, rng.standard_normal((T, K)), dtype)
+    w, w_used = dense(backend, rng.standard_normal((N, K)) / np.sqrt(K), dtype)
+    out, whole = poisoned(backend, (T, N), dtype)
+    kernel(backend, "linear")(out.native, x.native, w)
+    check_out(backend, out, whole, reference.linear(x.numpy(), w_used), dtype, "linear")
+
+
+@pytest.mark.parametrize("heads_cfg", sorted(HEADS))
+@pytest.mark.parametrize("T,pos", [(1, 0), (1, 9), (6, 0), (5, 11)])
+def test_rope(backend, dtype, rng, heads_cfg, T, pos):
+    H, KV, hd = HEADS[heads_cfg]
+    S = 32
+    qkv, q, k, _ = fused_qkv(backend, rng, T, H, KV, hd, dtype)
+    before = split_qkv(qkv.numpy(), H, KV, hd)
+    cos, sin = reference.rope_tables(hd, S, 10000.0)
+    kernel(backend, "rope")(q.native, k.native, backend.upload(np.array([pos], np.int32)).native,
+                            backend.upload(cos, "float32").native,
+                            backend.upload(sin, "float32").native)
+    q_got, k_got, v_got = split_qkv(read(backend, qkv), H, KV, hd)
+    assert_close(q_got, reference.rope(before[0], pos, cos, sin), dtype, "rope q")
+    assert_close(k_got, reference.rope(before[1], pos, cos, sin), dtype, "rope k")
+    np.testing.assert_array_equal(v_got, before[2], err_msg="rope changed v")
+
+
+@pytest.mark.parametrize("heads_cfg", sorted(HEADS))
+@pytest.mark.parametrize("T,pos", [(1, 0), (1, 13), (6, 0), (5, 11)])
+def test_attention(backend, dtype, rng, heads_cfg, T, pos):
+    """Cache rows before pos hold history, rows from pos on are NaN: the kernel must write
+    rows pos..pos+T-1 and never read past them."""
+    H, KV, hd = HEADS[heads_cfg]
+    S, n = 24, pos + T
+    qkv, q, k, v = fused_qkv(backend, rng, T, H, KV, hd, dtype)
+    cache_host = np.full((2, S, KV, hd), np.nan)
+    cache_host[:, :pos] = rng.standard_normal((2, pos, KV, hd))
+    cache = upload(backend, cache_host, dtype)
+    k_cache, v_cache = (cache.narrow(0, i, 1).view(S, KV, hd) for i in (0, 1))
+    history = cache.numpy()[:, :pos]
+    q_used, k_used, v_used = split_qkv(qkv.numpy(), H, KV, hd)
+    attn, whole = poisoned(backend, (T, H * hd), dtype)
+    out = attn.view(T, H, hd)
+    scale = 1.0 / np.sqrt(hd)
+    kernel(backend, "attention")(out.native, q.native, k.native, v.native, k_cache.native,
+                                 v_cache.native, backend.upload(np.array([pos], np.int32)).native,
+                                 scale)
+    k_all = np.concatenate([history[0], k_used])
+    v_all = np.concatenate([history[1], v_used])
+    want = reference.attention(q_used, k_all, v_all, pos, scale)
+    check_out(backend, attn, whole, want.reshape(T, H * hd), dtype, "attention")
+    got_cache = read(backend, cache)
+    np.testing.assert_array_equal(got_cache[0, :n], k_all, err_msg="k cache rows")
+    np.testing.assert_array_equal(got_cache[1, :n], v_all, err_msg="v cache rows")
+    assert np.isnan(got_cache[:, n:]).all(), "attention wrote cache rows past pos + T"
+
+
+@pytest.mark.parametrize("T", [1, 6])
+def test_silu_mul(backend, dtype, rng, T):
+    N = 45
+    gu = upload(backend, rng.uniform(-6, 6, (T, 2 * N)), dtype)
+    gate, up = gu.split_last(N, N)
+    out, whole = poisoned(backend, (T, N), dtype)
+    kernel(backend, "silu_mul")(out.native, gate.native, up.native)
+    g, u = np.split(gu.numpy(), 2, axis=1)
+    check_out(backend, out, whole, reference.silu_mul(g, u), dtype, "silu_mul")
+
+
+@pytest.mark.parametrize("T", [1, 6])
+@pytest.mark.parametrize("alias", [False, True], ids=["out", "out=a"])
+def test_add(backend, dtype, rng, T, alias):
+    D = 67
+    a, whole = poisoned(backend, (T, D), dtype)
+    backend.allocator.copyin(a, rng.standard_normal((T, D)).astype(np.float32))
+    b = upload(backend, rng.standard_normal((T, D)), dtype)
+    want = reference.add(a.numpy(), b.numpy())
+    if alias:
+        out = a
+    else:
+        out, whole = poisoned(backend, (T, D), dtype)
+    kernel(backend, "add")(out.native, a.native, b.native)
+    check_out(backend, out, whole, want, dtype, "add")
+
+
+@pytest.mark.parametrize("T", [1, 3])
+@pytest.mark.parametrize("V", [97, 32003])
+def test_argmax(backend, dtype, rng, T, V):
+    logits_host = rng.standard_normal((T, V))
+    top = rng.integers(0, V, T)
+    logits_host[np.arange(T), top] = logits_host.max() + 1.0      # a unique maximum per row
+    logits = upload(backend, logits_host, dtype)
+    out, whole = poisoned(backend, (T,), "int32")
+    kernel(backend, "argmax")(out.native, logits.native)
+    check_out(backend, out, whole, reference.argmax(logits.numpy()), "int32", "argmax")
+
+
+# ---------------------------------------------------------------- optional ops
+
+
+@pytest.mark.parametrize("T", [1, 6])
+@pytest.mark.parametrize("alias", [False, True], ids=["out", "out=residual"])
+def test_linear_add(backend, dtype, rng, T, alias):
+    fn = optional_kernel(backend, "linear_add")
+    N, K = 45, 67
+    x = upload(backend, rng.standard_normal((T, K)), dtype)
+    w, w_used = dense(backend, rng.standard_normal((N, K)) / np.sqrt(K), dtype)
+    residual, whole = poisoned(backend, (T, N), dtype)
+    backend.allocator.copyin(residual, rng.standard_normal((T, N)).astype(np.float32))
+    want = reference.add(residual.numpy(), reference.linear(x.numpy(), w_used))
+    if alias:
+        out = residual
+    else:
+        out, whole = poisoned(backend, (T, N), dtype)
+    fn(out.native, x.native, w, residual.native)
+    check_out(backend, out, whole, want, dtype, "linear_add")
+
+
+@pytest.mark.parametrize("T", [1, 6])
+def test_rmsnorm_linear(backend, dtype, rng, T):
+    fn = optional_kernel(backend, "rmsnorm_linear")
+    N, K, eps = 45, 67, 1e-5
+    x = upload(backend, rng.standard_normal((T, K)) * 2, dtype)
+    norm = upload(backend, 1 + 0.3 * rng.standard_normal(K), dtype)
+    w, w_used = dense(backend, rng.standard_normal((N, K)) / np.sqrt(K), dtype)
+    out, whole = poisoned(backend, (T, N), dtype)
+    fn(out.native, x.native, norm.native, eps, w)
+    want = reference.linear(reference.rmsnorm(x.numpy(), norm.numpy(), eps), w_used)
+    check_out(backend, out, whole, want, dtype, "rmsnorm_linear")
+
+
+SAMPLING = {                      # (temperature, top_k, top_p, min_p)
+    "plain": (1.0, 0, 1.0, 0.0), "top-k": (0.7, 10, 1.0, 0.0), "top-p": (1.3, 0, 0.75, 0.0),
+    "min-p": (1.0, 0, 1.0, 0.1), "all": (0.9, 20, 0.9, 0.05), "greedy": (0.0, 0, 1.0, 0.0),
+}
+MARGIN = 1e-4                     # how far from a decision boundary every case stays
+
+
+def unambiguous_draws(rng, logits, params) -> list[float]:
+    """Uniform numbers that land well inside one token's CDF interval: the midpoint of every
+    kept token's interval plus random ones away from the boundaries."""
+    probs = reference.sampling_probs(logits, *params)
+    cum = np.cumsum(np.sort(probs)[::-1])
+    cum = cum[: np.count_nonzero(probs)] / cum[-1]
+    mids = (np.concatenate([[0.0], cum[:-1]]) + cum) / 2
+    us = np.concatenate([mids, rng.random(64), [0.0]]).astype(np.float32)
+    edges = np.concatenate([[0.0], cum])
+    return [float(u) for u in us if np.abs(edges - u).min() > MARGIN or u == 0.0]
+
+
+def assert_cut_offs_unambiguous(logits, params):
+    """The constructed distribution sits no top-p or min-p cut-off on a rounding edge."""
+    temperature, top_k, top_p, min_p = params
+    if temperature <= 0:
+        return
+    p = np.sort(reference.softmax(np.asarray(logits, np.float64) / temperature))[::-1]
+    p = p[:top_k or len(p)]
+    cum = np.cumsum(p) / p.sum()
+    assert top_p >= 1.0 or np.abs(cum - top_p).min() > MARGIN
+    assert min_p <= 0.0 or np.abs(p / p[0] - min_p).min() > MARGIN
+
+
+@pytest.mark.parametrize("case", sorted(SAMPLING))
+def test_sample(backend, dtype, rng, case):
+    fn = optional_kernel(backend, "sample")
+    params = SAMPLING[case]
+    V = 67
+    logits = upload(backend, -0.3 * rng.permutation(V)[None, :], dtype)   # no ties, clear gaps
+    used = logits.numpy()[0]
+    assert_cut_offs_unambiguous(used, params)
+    dev_params = backend.upload(np.array(params, dtype=np.float32), "float32")
+    u_dev = backend.upload(np.zeros(1, dtype=np.float32), "float32")
+    out, whole = poisoned(backend, (1,), "int32")
+    draws = unambiguous_draws(rng, used, params)
+    assert len(draws) > 16
+    for u in draws:
+        backend.allocator.copyin(u_dev, np.array([u], dtype=np.float32))
+        fn(out.native, logits.native, dev_params.native, u_dev.native)
+        want = np.array([reference.sample(used, *params, u)], dtype=np.int32)
+        check_out(backend, out, whole, want, "int32", f"sample {case} u={u}")

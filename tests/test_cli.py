@@ -1,0 +1,91 @@
+"""The `polyllama` command end to end on a llama2.c file written from a transformers model."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+import formats
+import refmodel
+from polyllama.cli import main
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return refmodel.make_hf_model("gqa-tied", seed=4)
+
+
+@pytest.fixture(scope="module")
+def model_file(hf, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "model.bin"
+    formats.write_v1(path, refmodel.canonical_weights(hf), 8, 2, 64)
+    return str(path)
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_json_greedy_matches_transformers(capsys, hf, model_file):
+    code, out, err = run_cli(capsys, "run", model_file, "--device", "cpu:numpy",
+                             "--prompt-ids", "1,5,7,9", "-n", "20", "--temp", "0",
+                             "--ignore-eos", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["prompt_ids"] == [1, 5, 7, 9]
+    assert result["generated_ids"] == refmodel.hf_greedy(hf, [1, 5, 7, 9], 20)
+    assert result["device"].startswith("cpu:numpy")
+    assert result["prefill_tokens_per_s"] > 0 and result["decode_tokens_per_s"] > 0
+    assert "cpu:numpy" in err and "float32" in err          # the load line names the choice
+
+
+def test_seeded_sampling_run_is_reproducible(capsys, model_file):
+    args = ("run", model_file, "--prompt-ids", "1,2", "-n", "16", "--temp", "1.0",
+            "--seed", "42", "--ignore-eos", "--json")
+    first = json.loads(run_cli(capsys, *args)[1])["generated_ids"]
+    assert json.loads(run_cli(capsys, *args)[1])["generated_ids"] == first
+
+
+def test_generation_stops_at_eos_unless_ignored(capsys, hf, model_file):
+    # make the model's own greedy output the stop token: EOS id = the 3rd greedy token
+    tokens = refmodel.hf_greedy(hf, [1, 5], 8)
+    code, out, _ = run_cli(capsys, "run", model_file, "--prompt-ids", "1,5", "-n", "8",
+                           "--temp", "0", "--json")
+    generated = json.loads(out)["generated_ids"]
+    if 2 in tokens:                                  # llama2.c files: EOS is id 2
+        assert generated == tokens[:tokens.index(2) + 1]
+    else:
+        assert generated == tokens
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--prompt-ids", "1,x"], "comma-separated integers"),
+    (["--prompt-ids", "1,500"], "outside the vocabulary"),
+    (["--prompt-ids", ",".join(["1"] * 70)], "context"),
+    (["--prompt-ids", "1", "--device", "cpu:nump"], "did you mean 'cpu:numpy'"),
+    (["--prompt-ids", "1", "--device", "tpu"], "Known devices"),
+    (["--prompt-ids", "1", "--temp", "-1"], "temperature"),
+    (["-p", "hello"], "no tokenizer"),
+])
+def test_bad_input_is_a_clear_error(capsys, model_file, args, message):
+    code, out, err = run_cli(capsys, "run", model_file, *args)
+    assert code == 1
+    assert message in err and "Traceback" not in err
+
+
+def test_truncated_checkpoint_fails_cleanly_without_traceback(model_file, tmp_path):
+    broken = tmp_path / "broken.bin"
+    broken.write_bytes(open(model_file, "rb").read()[:-100])
+    proc = subprocess.run([sys.executable, "-m", "polyllama.cli", "run", str(broken),
+                           "--prompt-ids", "1"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "bytes" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_devices_lists_every_backend(capsys):
+    code, out, _ = run_cli(capsys, "devices")
+    assert code == 0
+    assert "cpu:numpy" in out and "smoke test passed" in out
+    assert "cuda:triton" in out

@@ -1,0 +1,260 @@
+"""cuda:triton kernels against core/reference.py on fresh random inputs, odd sizes included.
+
+With a GPU the kernels run compiled at larger sizes; without one they run on the CPU in
+Triton's interpreter (TRITON_INTERPRET=1, set here before the kernels are imported) at
+small sizes. References take the inputs as stored in the compute dtype, in float64.
+"""
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+from polyllama import DeviceSpec, reference
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():        # before triton's import: it reads this when decorating
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from polyllama.plugins.cuda_triton import attention as attn_mod          # noqa: E402
+from polyllama.plugins.cuda_triton import kernels, linear, sampling       # noqa: E402
+from polyllama.plugins.cuda_triton.device import TritonDevice, interpreting  # noqa: E402
+from polyllama.ops import Weight                                          # noqa: E402
+
+if not interpreting() and not torch.cuda.is_available():
+    pytest.skip("no CUDA GPU and TRITON_INTERPRET=0", allow_module_level=True)
+
+SMALL = interpreting()
+DTYPES = ["float32", "bfloat16", "float16"]
+TOL = {"float32": 1e-5, "bfloat16": 1.2e-2, "float16": 2e-3}
+
+
+@pytest.fixture(scope="module")
+def dev():
+    return TritonDevice(DeviceSpec("cuda", "triton", 0), 0)
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
+
+
+def up(dev, host, dtype):
+    return dev.upload(np.asarray(host, dtype=np.float32), dtype).native
+
+
+def host(t):
+    return t.detach().float().cpu().numpy().astype(np.float64)
+
+
+def poisoned(dev, shape, dtype):
+    return dev.empty(shape, dtype).native.fill_(float("nan"))
+
+
+def close(out, ref, dtype):
+    out, ref = host(out) if not isinstance(out, np.ndarray) else out, np.asarray(ref)
+    assert out.shape == ref.shape
+    assert np.isfinite(out).all(), "an output element was not written"
+    err = np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30)
+    assert err < TOL[dtype], f"relative error {err:.2e} over {TOL[dtype]:.0e} ({dtype})"
+
+
+def pos_buf(dev, p):
+    return dev.upload(np.array([p], dtype=np.int32)).native
+
+
+# ---------------------------------------------------------------- allocator / device
+
+
+@pytest.mark.parametrize("dtype", DTYPES + ["int32"])
+def test_copy_roundtrip_and_views(dev, rng, dtype):
+    a = rng.standard_normal((5, 7)).astype(np.float32)
+    if dtype == "int32":
+        a = rng.integers(-100, 100, (5, 7)).astype(np.int32)
+    t = dev.upload(a, dtype)
+    back = t.numpy()
+    assert back.dtype == (np.int32 if dtype == "int32" else np.float32)
+    assert np.allclose(back, a, rtol=TOL.get(dtype, 0), atol=0)
+    cols = t.narrow(1, 2, 3)                       # a strided column view
+    assert np.array_equal(cols.numpy(), back[:, 2:5])
+
+
+def test_device_reports(dev):
+    assert dev.default_dtype == "bfloat16" and "float32" in dev.supported_dtypes
+    assert isinstance(dev.name(), str) and dev.name()
+    if not SMALL:
+        mem = dev.memory()
+        assert 0 < mem["used"] <= mem["peak"] <= mem["total"]
+
+
+@pytest.mark.skipif(SMALL, reason="CUDA graphs need a GPU")
+def test_decode_runner_replays_with_new_inputs(dev, rng):
+    a = up(dev, rng.standard_normal((1, 300)), "float32")
+    b = up(dev, rng.standard_normal((1, 300)), "float32")
+    out = poisoned(dev, (1, 300), "float32")
+    run = dev.decode_runner(lambda: kernels.add(out, a, b))
+    a.copy_(torch.randn_like(a))                   # new inputs after capture
+    run()
+    dev.synchronize()
+    close(out, host(a) + host(b), "float32")
+
+
+# ---------------------------------------------------------------- element-wise ops
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embedding(dev, rng, dtype):
+    V, D, T = (37, 53, 5) if SMALL else (3001, 2111, 33)
+    table = up(dev, rng.standard_normal((V, D)), dtype)
+    ids = rng.integers(0, V, T).astype(np.int32)
+    out = poisoned(dev, (T, D), dtype)
+    kernels.embedding(out, table, dev.upload(ids).native)
+    assert np.array_equal(host(out), reference.embedding(host(table), ids))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rmsnorm(dev, rng, dtype):
+    T, D = (3, 67) if SMALL else (17, 4099)
+    x = up(dev, rng.standard_normal((T, D)) * 3, dtype)
+    w = up(dev, 1 + 0.3 * rng.standard_normal(D), dtype)
+    out = poisoned(dev, (T, D), dtype)
+    kernels.rmsnorm(out, x, w, 1e-5)
+    close(out, reference.rmsnorm(host(x), host(w), 1e-5), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul_on_column_views(dev, rng, dtype):
+    T, N = (3, 45) if SMALL else (9, 5001)
+    gu = up(dev, rng.standard_normal((T, 2 * N)) * 2, dtype)
+    gate, upv = gu[:, :N], gu[:, N:]
+    out = poisoned(dev, (T, N), dtype)
+    kernels.silu_mul(out, gate, upv)
+    close(out, reference.silu_mul(host(gate), host(upv)), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_in_place(dev, rng, dtype):
+    T, D = (3, 45) if SMALL else (9, 5001)
+    a = up(dev, rng.standard_normal((T, D)), dtype)
+    b = up(dev, rng.standard_normal((T, D)), dtype)
+    ref = reference.add(host(a), host(b))
+    kernels.add(a, a, b)
+    close(a, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_on_qkv_views(dev, rng, dtype):
+    T, H, KV, hd, S, p = (5, 4, 2, 12, 16, 3) if SMALL else (37, 32, 8, 128, 300, 100)
+    cos, sin = reference.rope_tables(hd, S, 10000.0)
+    qkv = up(dev, rng.standard_normal((T, (H + 2 * KV) * hd)), dtype)
+    q = qkv[:, :H * hd].unflatten(1, (H, hd))
+    k = qkv[:, H * hd:(H + KV) * hd].unflatten(1, (KV, hd))
+    v_before = host(qkv[:, (H + KV) * hd:])
+    rq, rk = reference.rope(host(q), p, cos, sin), reference.rope(host(k), p, cos, sin)
+    kernels.rope(q, k, pos_buf(dev, p), up(dev, cos, "float32"), up(dev, sin, "float32"))
+    close(q, rq, dtype)
+    close(k, rk, dtype)
+    assert np.array_equal(host(qkv[:, (H + KV) * hd:]), v_before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_argmax_first_of_ties(dev, rng, dtype):
+    T, V = (3, 1001) if SMALL else (4, 32003)
+    logits = up(dev, np.round(rng.standard_normal((T, V)) * 4) / 4, dtype)   # many ties
+    out = dev.empty((T,), "int32").native.fill_(-1)
+    kernels.argmax(out, logits)
+    assert np.array_equal(out.cpu().numpy(), reference.argmax(host(logits)))
+
+
+# ---------------------------------------------------------------- linear family
+
+
+LINEAR_SHAPES = [(1, 45, 83), (7, 45, 83)] if SMALL else [
+    (1, 4096, 4096), (1, 1003, 2051), (37, 1003, 2051), (300, 4096, 1024)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,N,K", LINEAR_SHAPES)
+@pytest.mark.parametrize("op", ["linear", "rmsnorm_linear", "linear_add"])
+def test_linear_family(dev, rng, dtype, T, N, K, op):
+    x = up(dev, rng.standard_normal((T, K)), dtype)
+    W = up(dev, rng.standard_normal((N, K)) / np.sqrt(K), dtype)
+    w = Weight("dense", (N, K), {"w": W})
+    if op == "linear":
+        out = poisoned(dev, (T, N), dtype)
+        linear.linear(out, x, w)
+        ref = reference.linear(host(x), host(W))
+    elif op == "rmsnorm_linear":
+        g = up(dev, 1 + 0.3 * rng.standard_normal(K), dtype)
+        out = poisoned(dev, (T, N), dtype)
+        linear.rmsnorm_linear(out, x, g, 1e-5, w)
+        ref = reference.linear(reference.rmsnorm(host(x), host(g), 1e-5), host(W))
+    else:
+        out = up(dev, rng.standard_normal((T, N)), dtype)          # residual, updated in place
+        ref = reference.add(host(out), reference.linear(host(x), host(W)))
+        linear.linear_add(out, x, w, out)
+    close(out, ref, dtype)
+
+
+# ---------------------------------------------------------------- attention
+
+
+ATTN_HEADS = [(6, 2, 12), (3, 3, 16)] if SMALL else [(32, 8, 64), (32, 32, 128)]
+ATTN_CASES = ([(1, 0), (1, 1), (1, 29), (5, 0), (7, 9)] if SMALL else
+              [(1, 0), (1, 1), (1, 1000), (1, 4095), (300, 0), (77, 900)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H,KV,hd", ATTN_HEADS)
+@pytest.mark.parametrize("T,p", ATTN_CASES)
+def test_attention(dev, rng, dtype, H, KV, hd, T, p):
+    S = 32 if SMALL else 4096
+    qkv = up(dev, rng.standard_normal((T, (H + 2 * KV) * hd)), dtype)
+    q = qkv[:, :H * hd].unflatten(1, (H, hd))
+    k = qkv[:, H * hd:(H + KV) * hd].unflatten(1, (KV, hd))
+    v = qkv[:, (H + KV) * hd:].unflatten(1, (KV, hd))
+    caches = []
+    for _ in range(2):                              # history rows random, the rest poisoned
+        c = poisoned(dev, (S, KV, hd), dtype)
+        c[:p] = up(dev, rng.standard_normal((p, KV, hd)), dtype)
+        caches.append(c)
+    kc, vc = caches
+    k_all = np.concatenate([host(kc[:p]), host(k)])
+    v_all = np.concatenate([host(vc[:p]), host(v)])
+    out = poisoned(dev, (T, H, hd), dtype)
+    scale = 1 / np.sqrt(hd)
+    attn_mod.attention(out, q, k, v, kc, vc, pos_buf(dev, p), scale)
+    close(out, reference.attention(host(q), k_all, v_all, p, scale), dtype)
+    assert np.array_equal(host(kc[:p + T]), k_all) and np.array_equal(host(vc[:p + T]), v_all)
+    assert np.isnan(host(kc[p + T:])).all(), "attention wrote past its cache rows"
+
+
+# ---------------------------------------------------------------- sampling
+
+
+SAMPLE_PARAMS = [(0.0, 0, 1.0, 0.0), (0.8, 0, 1.0, 0.0), (1.0, 7, 1.0, 0.0),
+                 (1.3, 0, 0.8, 0.0), (0.9, 20, 0.9, 0.05), (1.0, 0, 1.0, 0.3),
+                 (0.7, 1, 1.0, 0.0)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("params", SAMPLE_PARAMS)
+def test_sample_matches_reference(dev, rng, dtype, params):
+    V = 203 if SMALL else 32000
+    if dtype == "bfloat16":                          # coarse values: ties broken by token id
+        host_logits = np.round(rng.standard_normal(V) * 3)
+    else:
+        host_logits = rng.standard_normal(V) * 3
+    logits = up(dev, host_logits[None], dtype)
+    x = host(logits)[0]
+    p32 = np.array(params, dtype=np.float32)
+    pbuf = dev.upload(p32, "float32").native
+    out = dev.empty((1,), "int32").native
+    for u in np.array([0.0, 0.42, 0.999999] if SMALL else [0.0, 0.13, 0.5, 0.77, 0.999999],
+                      dtype=np.float32):
+        out.fill_(-1)
+        sampling.sample(out, logits, pbuf, dev.upload(np.array([u]), "float32").native)
+        want = reference.sample(x, float(p32[0]), int(p32[1]), float(p32[2]), float(p32[3]),
+                                float(u))
+        assert int(out.cpu()[0]) == want, f"u={u}"
