@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(chat)
     sub.add_parser("devices", help="list every known device spec and its availability")
     sub.add_parser("plugins", help="list installed plugins and what they register")
-    for extra in ():
+    for extra in ("hub",):
         module = __import__(f"polyllama.{extra}", fromlist=["add_cli"])
         module.add_cli(sub)
     return ap
@@ -180,7 +180,7 @@ COMMANDS = {"run": cmd_run, "chat": cmd_chat, "devices": cmd_devices, "plugins":
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    handler = COMMANDS.get(args.command) or args.handler
+    handler = COMMANDS.get(args.command) or args.func
     try:
         return handler(args)
     except PolyllamaError as e:

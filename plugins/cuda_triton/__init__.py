@@ -1,4 +1,4 @@
-"""cuda:triton — every op a Triton kernel on torch CUDA memory; decode replayed as a CUDA graph."""
+"""cuda:triton — every op a Triton kernel on torch CUDA memory; decode as one CUDA graph."""
 import importlib.util
 
 from polyllama import hookimpl

@@ -148,7 +148,10 @@ def _prefill_kernel(out_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, T, qk_scale, s_qt, 
 
 def _n_split(device, H, S, block_s):
     """Enough (head, split) programs to cover the GPU a few times over."""
-    sms = 4 if device.type == "cpu" else torch.cuda.get_device_properties(device).multi_processor_count
+    if device.type == "cpu":
+        sms = 4
+    else:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
     want = triton.next_power_of_2(triton.cdiv(4 * sms, H))
     return max(1, min(want, triton.next_power_of_2(triton.cdiv(S, block_s)), 64))
 
