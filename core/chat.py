@@ -57,9 +57,12 @@ def compile_template(source: str):
 
 def guess_builtin(tokenizer) -> str:
     """The built-in template whose marker tokens the vocabulary has (else Llama-2's)."""
-    if tokenizer.token_id("<|im_start|>") is not None and tokenizer.token_id("<|im_end|>") is not None:
+    def has(*pieces):
+        return all(tokenizer.token_id(p) is not None for p in pieces)
+
+    if has("<|im_start|>", "<|im_end|>"):
         return "chatml"
-    if tokenizer.token_id("<|start_header_id|>") is not None and tokenizer.token_id("<|eot_id|>") is not None:
+    if has("<|start_header_id|>", "<|eot_id|>"):
         return "llama3"
     return "llama2"
 

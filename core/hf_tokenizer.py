@@ -50,6 +50,9 @@ class HFTokenizer(Tokenizer):
                  add_bos: bool):
         self.backend = backend
         self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, bool(add_bos)
+        if not byte_level:        # sentencepiece style: does encoding invent a leading space?
+            first = backend.encode("a", add_special_tokens=False).tokens
+            self.dummy_prefix = bool(first) and first[0].startswith(SPIECE_SPACE)
         vocab = backend.get_vocab(with_added_tokens=True)
         self.vocab_size = max(vocab.values()) + 1
         self._pieces = [""] * self.vocab_size
@@ -74,17 +77,18 @@ class HFTokenizer(Tokenizer):
         return [self.bos_id, *ids] if add and self.bos_id is not None else list(ids)
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self._bytes[token_id] if 0 <= token_id < self.vocab_size else b""
+        return self._bytes[self._check_id(token_id)]
 
     def token_id(self, piece: str) -> int | None:
         return self.backend.token_to_id(piece)
 
     def piece(self, token_id: int) -> str:
         """The token as the vocabulary spells it (e.g. '<|im_end|>')."""
-        return self._pieces[token_id]
+        return self._pieces[self._check_id(token_id)]
 
     def decode(self, ids) -> str:
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=True)
+        return self.backend.decode([self._check_id(int(i)) for i in ids],
+                                   skip_special_tokens=True)
 
 
 def _token_text(value) -> str | None:
@@ -102,11 +106,13 @@ def load_tokenizer_json(path: str, tokenizer_config: dict | None = None,
     except Exception as e:
         raise TokenizerError(f"{path}: not a readable tokenizer.json ({e})") from e
     config = tokenizer_config or {}
-    for name in ("bos_token", "eos_token"):
+
+    def special(name, fallback):
         text = _token_text(config.get(name))
         found = backend.token_to_id(text) if text else None
-        if found is not None:
-            bos_id, eos_id = (found, eos_id) if name == "bos_token" else (bos_id, found)
+        return fallback if found is None else found
+
+    bos_id, eos_id = special("bos_token", bos_id), special("eos_token", eos_id)
     add_bos = config.get("add_bos_token")
     if add_bos is None:      # no flag: do what the file's post-processor does
         add_bos = bos_id is not None and \
@@ -170,24 +176,29 @@ def gguf_tokenizer(meta: dict) -> HFTokenizer:
         raise TokenizerError("GGUF file has no tokenizer.ggml.tokens")
     types = meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
     unk_id = meta.get("tokenizer.ggml.unknown_token_id")
-    if kind == "gpt2":
-        if "tokenizer.ggml.merges" not in meta:
-            raise TokenizerError("GGUF gpt2 tokenizer has no tokenizer.ggml.merges")
-        backend, alphabet = _byte_level_backend(tk, tokens, meta["tokenizer.ggml.merges"],
-                                                meta.get("tokenizer.ggml.pre"))
-    elif kind == "llama":
-        scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
-        backend, alphabet = _sentencepiece_backend(
-            tk, tokens, scores, types, unk_id, meta.get("tokenizer.ggml.add_space_prefix", True))
-    else:
+    if kind not in ("gpt2", "llama"):
         raise TokenizerError(f"GGUF tokenizer model {kind!r} is not supported "
                              "(supported: gpt2, llama)")
-    ok = [t for t in tokens if alphabet is None or set(t) <= alphabet]
-    specials = [t for t, ty in zip(tokens, types) if ty == CONTROL and t in ok]
-    backend.add_special_tokens([tk.AddedToken(t, normalized=False, special=True)
-                                for t in specials])
-    backend.add_tokens([tk.AddedToken(t, normalized=False, special=False)
-                        for t, ty in zip(tokens, types) if ty == USER_DEFINED and t in ok])
+    if kind == "gpt2" and "tokenizer.ggml.merges" not in meta:
+        raise TokenizerError("GGUF gpt2 tokenizer has no tokenizer.ggml.merges")
+    try:
+        if kind == "gpt2":
+            backend, alphabet = _byte_level_backend(tk, tokens, meta["tokenizer.ggml.merges"],
+                                                    meta.get("tokenizer.ggml.pre"))
+        else:
+            backend, alphabet = _sentencepiece_backend(
+                tk, tokens, meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens), types,
+                unk_id, meta.get("tokenizer.ggml.add_space_prefix", True))
+    except Exception as e:     # the library raises plain Exception on inconsistent input
+        raise TokenizerError(f"GGUF {kind} vocabulary is inconsistent ({e}); "
+                             "the file is corrupt") from e
+    def added(kind):      # a byte-level token spelled outside the byte alphabet is no token
+        return [tk.AddedToken(t, normalized=False, special=kind == CONTROL)
+                for t, ty in zip(tokens, types)
+                if ty == kind and (alphabet is None or set(t) <= alphabet)]
+
+    backend.add_special_tokens(added(CONTROL))
+    backend.add_tokens(added(USER_DEFINED))
     if backend.get_vocab_size(with_added_tokens=True) != len(tokens):
         raise TokenizerError("GGUF vocabulary has duplicate tokens; the file is corrupt")
     return HFTokenizer(backend, kind == "gpt2", meta.get("tokenizer.ggml.bos_token_id"),

@@ -96,6 +96,8 @@ class Model:
         self.norm = up(ckpt.dense("norm"))
         if "output" in ckpt.tensors:
             self.output = self._weight(ckpt, ["output"])
+        elif self.pack is not None:          # tied: the classifier gets its own packed copy
+            self.output = self._weight(ckpt, ["tok_embeddings"])
         else:
             self.output = Weight(DENSE, (c.vocab_size, c.dim), {"w": self.tok_embeddings})
         kv = device.empty((2, c.n_layers, ctx, c.n_kv_heads, c.hd), dtype)

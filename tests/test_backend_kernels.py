@@ -8,85 +8,24 @@ unchanged on any backend plugin. A failing case prints POLYLLAMA_TEST_SEED to re
 """
 from __future__ import annotations
 
-import os
-import secrets
-
 import numpy as np
 import pytest
 
 from polyllama import Tensor, Weight, get_registry, reference
 from polyllama.ops import DENSE, OPTIONAL_OPS, REQUIRED_OPS
 
-TOL = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 2e-2}   # relative to the largest |ref|
+from backends import assert_close, check_out, kernel, poisoned, read, upload
+
 HEADS = {"mha-hd12": (4, 4, 12), "gqa-hd16": (6, 2, 16), "mqa-hd64": (8, 1, 64)}
 
 
-@pytest.fixture(params=sorted(TOL))
-def dtype(request, backend):
-    if request.param not in backend.supported_dtypes:
-        pytest.skip(f"{backend.spec} does not compute in {request.param}")
-    return request.param
-
-
-@pytest.fixture
-def rng():
-    seed = int(os.environ.get("POLYLLAMA_TEST_SEED", secrets.randbits(32)))
-    print(f"POLYLLAMA_TEST_SEED={seed}")
-    return np.random.default_rng(seed)
-
-
 # ---------------------------------------------------------------- helpers
-
-
-def kernel(device, op, fmt=DENSE):
-    return get_registry().kernel(device.backend_id, op, fmt)
 
 
 def optional_kernel(device, op):
     if not get_registry().has_kernel(device.backend_id, op):
         pytest.skip(f"{device.spec} registers no {op} kernel (optional op)")
     return kernel(device, op)
-
-
-def upload(device, host, dtype):
-    return device.upload(np.asarray(host, dtype=np.float32), dtype)
-
-
-def poisoned(device, shape, dtype, spare_rows=2):
-    """(out, whole): out is the first rows of a NaN-filled buffer (-1 for ints) with
-    spare_rows more, so unwritten elements and writes past the end both show."""
-    rows = (shape[0] + spare_rows,) + tuple(shape[1:])
-    if dtype == "int32":
-        whole = device.upload(np.full(rows, -1, dtype=np.int32))
-    else:
-        whole = upload(device, np.full(rows, np.nan), dtype)
-    return whole.narrow(0, 0, shape[0]), whole
-
-
-def read(device, t) -> np.ndarray:
-    device.synchronize()
-    return t.numpy()
-
-
-def check_out(device, out, whole, want, dtype, what):
-    """out kept its shape and dtype, every element was written, none past it, values close."""
-    native = out.native
-    assert tuple(native.shape) == want.shape, f"{what}: out was resized to {native.shape}"
-    assert str(native.dtype).endswith(dtype), f"{what}: out has dtype {native.dtype}"
-    got, rest = read(device, out), read(device, whole)[want.shape[0]:]
-    if dtype == "int32":
-        assert (rest == -1).all(), f"{what}: the kernel wrote past the end of out"
-        np.testing.assert_array_equal(got, want, err_msg=what)
-        return
-    assert np.isnan(rest).all(), f"{what}: the kernel wrote past the end of out"
-    assert not np.isnan(got).any(), f"{what}: {np.isnan(got).sum()} elements never written"
-    assert_close(got, want, dtype, what)
-
-
-def assert_close(got, want, dtype, what):
-    tol = TOL[dtype]
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(np.abs(want).max(), 1e-30),
-                               err_msg=what)
 
 
 def heads(t, T, n, hd):

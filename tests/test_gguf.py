@@ -13,10 +13,9 @@ import pytest
 import torch
 
 import refmodel
-from polyllama import ModelFormatError, get_device
+from polyllama import ModelFormatError
 from polyllama.gguf_file import DEQUANTIZE, load_gguf
 from polyllama.load import load_checkpoint
-from polyllama.model import Model
 from test_hf import assert_matches_transformers
 from test_hf_tokenizer import gguf_fields_of, train_byte_level
 

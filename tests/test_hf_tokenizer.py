@@ -185,8 +185,8 @@ def test_gguf_llama_vocabulary_matches_sentencepiece(sp):
         assert ids == sp.encode(text), text
         assert ours.decode(ids) == sp.decode(ids) == text
         assert ours.encode(text) == [1] + ids
-        # streamed, the dummy prefix shows as the leading space sentencepiece adds
-        assert_streams_exactly(ours, ids, " " + text if text else "")
+        # streamed after BOS, the space sentencepiece invented is dropped again
+        assert_streams_exactly(ours, [1] + ids, text)
 
 
 def test_sentencepiece_byte_pieces_and_controls(sp):
@@ -203,6 +203,13 @@ def test_unsupported_gguf_tokenizer():
         gguf_tokenizer({"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": ["a"]})
     with pytest.raises(TokenizerError, match="no tokenizer.ggml.tokens"):
         gguf_tokenizer({"tokenizer.ggml.model": "gpt2"})
+
+
+def test_inconsistent_gguf_vocabulary(byte_level):
+    fields = gguf_fields_of(byte_level)
+    fields["tokenizer.ggml.merges"] = fields["tokenizer.ggml.merges"] + ["zzz qqq"]
+    with pytest.raises(TokenizerError, match="corrupt"):
+        gguf_tokenizer(fields)
 
 
 def test_unreadable_tokenizer_json(tmp_path):
@@ -224,3 +231,13 @@ def test_hf_directory_brings_its_tokenizer_and_template(byte_level, tmp_path):
     assert isinstance(ckpt.tokenizer, HFTokenizer) and ckpt.chat_template == template
     assert (ckpt.tokenizer.bos_id, ckpt.tokenizer.eos_id) == (1, 2)
     assert ckpt.tokenizer.encode(TEXTS[2]) == byte_level.encode(TEXTS[2]).ids
+
+
+def test_hf_directory_with_a_sentencepiece_model(sp, tmp_path):
+    import refmodel
+    from polyllama.hf import load_hf_dir
+    refmodel.make_hf_model("gqa-tied").save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(sp.serialized_model_proto())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": False}))
+    tok = load_hf_dir(tmp_path).tokenizer
+    assert not tok.add_bos and tok.encode(TEXTS[2]) == sp.encode(TEXTS[2])

@@ -46,7 +46,7 @@ def plugin_module(name, **hooks):
     return module
 
 
-def backend_plugin(impl, probe=lambda: None, priority=0, ops=REQUIRED_OPS, kernel_ops=None):
+def backend_plugin(impl, probe=lambda: None, priority=0, ops=REQUIRED_OPS):
     """A plugin registering backend cpu:<impl> with cpu:numpy's device and kernels."""
     bid = f"cpu_{impl}"
 

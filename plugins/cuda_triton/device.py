@@ -95,21 +95,21 @@ class TritonDevice(Device):
             step()
         return graph.replay
 
-    def measure_bandwidth(self, nbytes: int = 1 << 30, repeats: int = 20) -> float | None:
+    def measure_bandwidth(self, nbytes: int = 1 << 30, repeats: int = 30) -> float | None:
         """Device-to-device copy rate in bytes/s, counting bytes read plus bytes written
-        (the median of `repeats` copies of nbytes)."""
+        (the median of `repeats` copies of nbytes, after ten that bring the clocks up)."""
         if self.torch_device.type != "cuda":
             return None
         src = torch.randn(nbytes // 4, device=self.torch_device)
         dst = torch.empty_like(src)
         times = []
-        for i in range(repeats + 3):
+        for i in range(repeats + 10):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             dst.copy_(src)
             end.record()
             end.synchronize()
-            if i >= 3:
+            if i >= 10:
                 times.append(start.elapsed_time(end) / 1e3)
         del src, dst
         return 2 * (nbytes // 4 * 4) / float(np.median(times))

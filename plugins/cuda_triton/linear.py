@@ -88,7 +88,7 @@ def _gemv_config(N, K):
     """(BLOCK_N, BLOCK_K, num_warps) for one token."""
     if interpreting():
         return 16, min(128, triton.next_power_of_2(K)), 4
-    return 8, min(512, triton.next_power_of_2(K)), 4
+    return 2, min(1024, triton.next_power_of_2(K)), 4
 
 
 def _run(out, x, w, g=None, eps=0.0, residual=None):
