@@ -145,15 +145,16 @@ class LLM:
     @staticmethod
     def _tokenizer(ckpt, path) -> Tokenizer | None:
         from .tokenizer import load_tokenizer
+        vocab = ckpt.config.vocab_size
         if path:
-            return load_tokenizer(path)
+            return load_tokenizer(path, vocab)
         if ckpt.tokenizer is not None:
             return ckpt.tokenizer
         here = Path(ckpt.path)
         folder = here if here.is_dir() else here.parent
         for name in ("tokenizer.model", "tokenizer.bin"):
             if (folder / name).is_file():
-                return load_tokenizer(str(folder / name))
+                return load_tokenizer(str(folder / name), vocab)
         return None
 
     # ------------------------------------------------------------------ prompts

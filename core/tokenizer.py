@@ -239,13 +239,22 @@ class Llama2cTokenizer(Tokenizer):
 
 
 def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
-    """A sentencepiece `tokenizer.model` or a llama2.c `tokenizer.bin`, told apart by content:
+    """A `tokenizer.json` (by its name), or a sentencepiece `tokenizer.model` or a llama2.c
+    `tokenizer.bin`, told apart by content:
     a tokenizer.bin's records must tile the file exactly, which a ModelProto's bytes never do.
     vocab_size, when known, is the model's: a tokenizer.bin must then hold exactly that many
     tokens (the file itself does not say), and any tokenizer must fit the model."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise TokenizerError(f"{path} is a directory; pass its tokenizer.model or tokenizer.bin")
+    if path.endswith(".json"):
+        from .hf_tokenizer import load_tokenizer_json
+        config = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+        tokenizer = load_tokenizer_json(path, _read_json(config) if os.path.isfile(config)
+                                        else None)
+        if vocab_size is not None:
+            tokenizer.check_vocab(vocab_size)
+        return tokenizer
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -264,3 +273,12 @@ def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
     if vocab_size is not None:
         tokenizer.check_vocab(vocab_size)
     return tokenizer
+
+
+def _read_json(path: str) -> dict:
+    import json
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"{path}: unreadable ({e})") from None
