@@ -48,7 +48,7 @@ def random_checkpoint(config: LlamaConfig, seed: int = 0) -> Checkpoint:
             continue
         n, k = shape
         step = min(k, (POOL - off - k) // max(n - 1, 1))
-        tensors[name] = as_strided(pool[off:], shape, (step * 4, 4), writeable=False)
+        tensors[name] = as_strided(pool[off:], shape, (step * 4, 4))
     return Checkpoint(config, tensors, "random", f"<random {seed}>").validate()
 
 

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(chat)
     sub.add_parser("devices", help="list every known device spec and its availability")
     sub.add_parser("plugins", help="list installed plugins and what they register")
-    for extra in ("hub",):
+    for extra in ("bench", "hub"):
         module = __import__(f"polyllama.{extra}", fromlist=["add_cli"])
         module.add_cli(sub)
     return ap

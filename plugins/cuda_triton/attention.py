@@ -13,7 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .device import interpreting
+from .device import interpreting, pdl_enabled
+from .kernels import pdl_start
 
 LOG2E = 1.4426950408889634
 _workspaces: dict = {}      # split partials, one per (device, shape); never freed (graph-safe)
@@ -30,7 +31,8 @@ def _partials(device, H, n_split, block_d):
 @triton.jit
 def _decode_split_kernel(part_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, qk_scale, s_qh, s_c,
                          G: tl.constexpr, HD: tl.constexpr, N_SPLIT: tl.constexpr,
-                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     h, sp = tl.program_id(0), tl.program_id(1)
     n = tl.load(pos_ptr)                          # cached keys 0..n-1; key n comes in q's step
     chunk = tl.cdiv(tl.cdiv(n, N_SPLIT), BLOCK_S) * BLOCK_S
@@ -67,7 +69,8 @@ def _decode_split_kernel(part_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, qk_scale, s_q
 def _decode_merge_kernel(out_ptr, part_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr,
                          qk_scale, s_qh, s_kh, s_oh, s_c,
                          G: tl.constexpr, HD: tl.constexpr, N_SPLIT: tl.constexpr,
-                         BLOCK_D: tl.constexpr):
+                         BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     h = tl.program_id(0)
     n = tl.load(pos_ptr)
     d = tl.arange(0, BLOCK_D)
@@ -96,7 +99,8 @@ def _decode_merge_kernel(out_ptr, part_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr,
 
 @triton.jit
 def _cache_write_kernel(kc_ptr, vc_ptr, k_ptr, v_ptr, pos_ptr, s_kt, s_kh, s_vt, s_vh, s_c,
-                        HD: tl.constexpr, BLOCK_D: tl.constexpr):
+                        HD: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     t, kvh = tl.program_id(0), tl.program_id(1)
     d = tl.arange(0, BLOCK_D)
     row = (tl.load(pos_ptr) + t).to(tl.int64) * s_c + kvh * HD + d
@@ -110,7 +114,9 @@ def _cache_write_kernel(kc_ptr, vc_ptr, k_ptr, v_ptr, pos_ptr, s_kt, s_kh, s_vt,
 def _prefill_kernel(out_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, T, qk_scale, s_qt, s_qh, s_ot,
                     s_oh, s_c, G: tl.constexpr, HD: tl.constexpr, PRECISION: tl.constexpr,
                     DOT_F32: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                    PDL: tl.constexpr):
+    pdl_start(PDL)
     mb, h = tl.program_id(0), tl.program_id(1)
     p0 = tl.load(pos_ptr)
     t = mb * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -164,6 +170,7 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     assert k_cache.is_contiguous() and v_cache.is_contiguous()
     block_d = max(16, triton.next_power_of_2(hd))
     qk_scale = float(scale) * LOG2E
+    pdl = dict(PDL=pdl_enabled(q.device), launch_pdl=pdl_enabled(q.device))
     s_c = k_cache.stride(0)
     if T == 1:
         block_s = 16 if interpreting() else 32
@@ -171,14 +178,15 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
         part = _partials(q.device, H, n_split, block_d)
         _decode_split_kernel[(H, n_split)](
             part, q, k_cache, v_cache, pos, qk_scale, q.stride(1), s_c, G=G, HD=hd,
-            N_SPLIT=n_split, BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4)
+            N_SPLIT=n_split, BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4, **pdl)
         _decode_merge_kernel[(H,)](
             out, part, q, k, v, k_cache, v_cache, pos, qk_scale, q.stride(1), k.stride(1),
-            out.stride(1), s_c, G=G, HD=hd, N_SPLIT=n_split, BLOCK_D=block_d, num_warps=4)
+            out.stride(1), s_c, G=G, HD=hd, N_SPLIT=n_split, BLOCK_D=block_d, num_warps=4,
+            **pdl)
         return
     _cache_write_kernel[(T, KV)](k_cache, v_cache, k, v, pos, k.stride(0), k.stride(1),
                                  v.stride(0), v.stride(1), s_c, HD=hd, BLOCK_D=block_d,
-                                 num_warps=1)
+                                 num_warps=1, **pdl)
     fp32 = q.element_size() == 4
     if interpreting():
         bm, bn, warps, stages = 16, 16, 4, 1
@@ -190,5 +198,5 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
         out, q, k_cache, v_cache, pos, T, qk_scale, q.stride(0), q.stride(1), out.stride(0),
         out.stride(1), s_c, G=G, HD=hd, PRECISION="ieee" if fp32 else "tf32",
         DOT_F32=interpreting(),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages, **pdl)
 

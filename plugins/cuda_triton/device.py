@@ -5,6 +5,7 @@ tensors), so every Triton kernel of this backend also runs, slowly, without a GP
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -20,6 +21,15 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def pdl_enabled(device: torch.device) -> bool:
+    """Programmatic dependent launch (Hopper on): every kernel lets the next one start while it
+    drains, and the next waits (griddepcontrol.wait) before it touches earlier results; a
+    GEMV streams its first weight tile meanwhile. POLYLLAMA_NO_PDL=1 turns it off."""
+    return (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+            and os.environ.get("POLYLLAMA_NO_PDL", "0") == "0")
 
 
 class TritonAllocator(Allocator):

@@ -2,18 +2,36 @@
 
 Every kernel takes strides, so it works on the column views the executor hands it (q, k, v
 of one fused qkv output; gate and up of one fused w1|w3 output). Math is float32; results
-are stored in the output's dtype.
+are stored in the output's dtype. Each kernel starts with pdl_start (see device.pdl_enabled).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from .device import pdl_enabled
 
 ROW_BLOCK = 1024         # columns per program of the element-wise kernels
 
 
 @triton.jit
-def _embedding_kernel(out_ptr, table_ptr, ids_ptr, D, s_out, s_tab, BLOCK: tl.constexpr):
+def pdl_start(PDL: tl.constexpr):
+    """Let the next kernel launch now; wait until the previous one's results are visible."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+
+
+def launch(kernel, grid, *args, device, **meta):
+    pdl = pdl_enabled(device)
+    kernel[grid](*args, PDL=pdl, launch_pdl=pdl, **meta)
+
+
+@triton.jit
+def _embedding_kernel(out_ptr, table_ptr, ids_ptr, D, s_out, s_tab, BLOCK: tl.constexpr,
+                      PDL: tl.constexpr):
+    pdl_start(PDL)
     t, cb = tl.program_id(0), tl.program_id(1)
     cols = cb * BLOCK + tl.arange(0, BLOCK)
     row = tl.load(ids_ptr + t).to(tl.int64)
@@ -23,12 +41,14 @@ def _embedding_kernel(out_ptr, table_ptr, ids_ptr, D, s_out, s_tab, BLOCK: tl.co
 
 def embedding(out, table, ids):
     T, D = out.shape
-    _embedding_kernel[(T, triton.cdiv(D, ROW_BLOCK))](out, table, ids, D, out.stride(0),
-                                                      table.stride(0), BLOCK=ROW_BLOCK)
+    launch(_embedding_kernel, (T, triton.cdiv(D, ROW_BLOCK)), out, table, ids, D,
+           out.stride(0), table.stride(0), BLOCK=ROW_BLOCK, device=out.device)
 
 
 @triton.jit
-def _rmsnorm_kernel(out_ptr, x_ptr, w_ptr, D, eps, s_out, s_x, BLOCK: tl.constexpr):
+def _rmsnorm_kernel(out_ptr, x_ptr, w_ptr, D, eps, s_out, s_x, BLOCK: tl.constexpr,
+                    PDL: tl.constexpr):
+    pdl_start(PDL)
     t = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     x = tl.load(x_ptr + t * s_x + cols, mask=cols < D, other=0.0).to(tl.float32)
@@ -41,13 +61,14 @@ def _rmsnorm_kernel(out_ptr, x_ptr, w_ptr, D, eps, s_out, s_x, BLOCK: tl.constex
 def rmsnorm(out, x, weight, eps):
     T, D = x.shape
     block = triton.next_power_of_2(D)
-    _rmsnorm_kernel[(T,)](out, x, weight, D, float(eps), out.stride(0), x.stride(0),
-                          BLOCK=block, num_warps=min(16, max(1, block // 512)))
+    launch(_rmsnorm_kernel, (T,), out, x, weight, D, float(eps), out.stride(0), x.stride(0),
+           BLOCK=block, num_warps=min(16, max(1, block // 512)), device=out.device)
 
 
 @triton.jit
 def _rope_kernel(q_ptr, k_ptr, pos_ptr, cos_ptr, sin_ptr, H, sq_t, sq_h, sk_t, sk_h, s_tab,
-                 HALF: tl.constexpr, BLOCK: tl.constexpr):
+                 HALF: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     t, head = tl.program_id(0), tl.program_id(1)
     if head < H:
         base = q_ptr + t * sq_t + head * sq_h
@@ -67,13 +88,15 @@ def _rope_kernel(q_ptr, k_ptr, pos_ptr, cos_ptr, sin_ptr, H, sq_t, sq_h, sk_t, s
 def rope(q, k, pos, cos, sin):
     T, H, hd = q.shape
     assert q.stride(2) == 1 and k.stride(2) == 1, "rope needs unit stride along the head"
-    _rope_kernel[(T, H + k.shape[1])](q, k, pos, cos, sin, H, q.stride(0), q.stride(1),
-                                      k.stride(0), k.stride(1), cos.stride(0), HALF=hd // 2,
-                                      BLOCK=triton.next_power_of_2(hd // 2), num_warps=1)
+    launch(_rope_kernel, (T, H + k.shape[1]), q, k, pos, cos, sin, H, q.stride(0),
+           q.stride(1), k.stride(0), k.stride(1), cos.stride(0), HALF=hd // 2,
+           BLOCK=triton.next_power_of_2(hd // 2), num_warps=1, device=q.device)
 
 
 @triton.jit
-def _silu_mul_kernel(out_ptr, g_ptr, u_ptr, N, s_out, s_g, s_u, BLOCK: tl.constexpr):
+def _silu_mul_kernel(out_ptr, g_ptr, u_ptr, N, s_out, s_g, s_u, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr):
+    pdl_start(PDL)
     t, cb = tl.program_id(0), tl.program_id(1)
     cols = cb * BLOCK + tl.arange(0, BLOCK)
     g = tl.load(g_ptr + t * s_g + cols, mask=cols < N).to(tl.float32)
@@ -84,13 +107,14 @@ def _silu_mul_kernel(out_ptr, g_ptr, u_ptr, N, s_out, s_g, s_u, BLOCK: tl.conste
 
 def silu_mul(out, gate, up):
     T, N = out.shape
-    _silu_mul_kernel[(T, triton.cdiv(N, ROW_BLOCK))](out, gate, up, N, out.stride(0),
-                                                     gate.stride(0), up.stride(0),
-                                                     BLOCK=ROW_BLOCK)
+    launch(_silu_mul_kernel, (T, triton.cdiv(N, ROW_BLOCK)), out, gate, up, N, out.stride(0),
+           gate.stride(0), up.stride(0), BLOCK=ROW_BLOCK, device=out.device)
 
 
 @triton.jit
-def _add_kernel(out_ptr, a_ptr, b_ptr, N, s_out, s_a, s_b, BLOCK: tl.constexpr):
+def _add_kernel(out_ptr, a_ptr, b_ptr, N, s_out, s_a, s_b, BLOCK: tl.constexpr,
+                PDL: tl.constexpr):
+    pdl_start(PDL)
     t, cb = tl.program_id(0), tl.program_id(1)
     cols = cb * BLOCK + tl.arange(0, BLOCK)
     a = tl.load(a_ptr + t * s_a + cols, mask=cols < N).to(tl.float32)
@@ -100,13 +124,14 @@ def _add_kernel(out_ptr, a_ptr, b_ptr, N, s_out, s_a, s_b, BLOCK: tl.constexpr):
 
 def add(out, a, b):
     T, N = out.shape
-    _add_kernel[(T, triton.cdiv(N, ROW_BLOCK))](out, a, b, N, out.stride(0), a.stride(0),
-                                                b.stride(0), BLOCK=ROW_BLOCK)
+    launch(_add_kernel, (T, triton.cdiv(N, ROW_BLOCK)), out, a, b, N, out.stride(0),
+           a.stride(0), b.stride(0), BLOCK=ROW_BLOCK, device=out.device)
 
 
 @triton.jit
-def _argmax_kernel(out_ptr, x_ptr, V, s_x, BLOCK: tl.constexpr):
+def _argmax_kernel(out_ptr, x_ptr, V, s_x, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """Each lane keeps its first maximum; the smallest index holding the global max wins."""
+    pdl_start(PDL)
     t = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     best = tl.full([BLOCK], float("-inf"), tl.float32)
@@ -123,5 +148,5 @@ def _argmax_kernel(out_ptr, x_ptr, V, s_x, BLOCK: tl.constexpr):
 
 def argmax(out, logits):
     T, V = logits.shape
-    _argmax_kernel[(T,)](out, logits, V, logits.stride(0),
-                         BLOCK=min(4096, triton.next_power_of_2(V)), num_warps=8)
+    launch(_argmax_kernel, (T,), out, logits, V, logits.stride(0),
+           BLOCK=min(4096, triton.next_power_of_2(V)), num_warps=8, device=out.device)

@@ -9,32 +9,36 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from .device import interpreting
+from .device import interpreting, pdl_enabled
+from .kernels import pdl_start
 
 
 @triton.jit
 def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
-                 NORM: tl.constexpr, ADD: tl.constexpr, EVEN: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 NORM: tl.constexpr, ADD: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
+    w_rows = w_ptr + rows.to(tl.int64)[:, None] * s_w
+    rmask = rows[:, None] < N
+    w = tl.load(w_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0)
+    if PDL:                              # weights depend on no kernel: the first tile is in flight
+        gdc_launch_dependents()
+        gdc_wait()
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     ss = tl.zeros([BLOCK_K], tl.float32)
-    w_rows = w_ptr + rows.to(tl.int64)[:, None] * s_w
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
-        if EVEN:
-            x = tl.load(x_ptr + k).to(tl.float32)
-            w = tl.load(w_rows + k[None, :])
-        else:
-            x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
-            w = tl.load(w_rows + k[None, :], mask=(rows[:, None] < N) & (k[None, :] < K),
-                        other=0.0)
+        nxt = k + BLOCK_K                # the next tile loads while this one is summed
+        w_next = tl.load(w_rows + nxt[None, :], mask=rmask & (nxt[None, :] < K), other=0.0)
+        x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
         if NORM:
             ss += x * x
             x = x * tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
         acc += w.to(tl.float32) * x[None, :]
+        w = w_next
     y = tl.sum(acc, axis=1)
     if NORM:
         y = y * tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
@@ -47,7 +51,8 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
 def _gemm_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, M, N, K, s_out, s_x, s_w, s_r, eps,
                  NORM: tl.constexpr, ADD: tl.constexpr, PRECISION: tl.constexpr,
                  DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                 BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     pid = tl.program_id(0)                           # grouped order: neighbours share W tiles
     n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * n_n)
@@ -97,12 +102,13 @@ def _run(out, x, w, g=None, eps=0.0, residual=None):
     N = W.shape[0]
     assert x.stride(1) == 1 and W.stride(1) == 1 and out.stride(1) == 1, "rows must be dense"
     norm, add = g is not None, residual is not None
+    pdl = pdl_enabled(out.device)
+    g, residual = (g if norm else x), (residual if add else out)
     if M == 1:
         bn, bk, warps = _gemv_config(N, K)
         _gemv_kernel[(triton.cdiv(N, bn),)](
-            out, x, W, g if norm else x, residual if add else out, N, K, W.stride(0),
-            float(eps), NORM=norm, ADD=add, EVEN=(N % bn == 0 and K % bk == 0),
-            BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+            out, x, W, g, residual, N, K, W.stride(0), float(eps), NORM=norm, ADD=add,
+            BLOCK_N=bn, BLOCK_K=bk, PDL=pdl, num_warps=warps, launch_pdl=pdl)
         return
     if interpreting():
         bm, bn, bk, warps, stages = 16, 32, 32, 4, 1
@@ -112,11 +118,11 @@ def _run(out, x, w, g=None, eps=0.0, residual=None):
         bm, bn, bk, warps, stages = 128, 128, 64, 8, 3
     grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
     _gemm_kernel[grid](
-        out, x, W, g if norm else x, residual if add else out, M, N, K, out.stride(0),
-        x.stride(0), W.stride(0), residual.stride(0) if add else 0, float(eps),
-        NORM=norm, ADD=add, PRECISION="ieee" if W.element_size() == 4 else "tf32",
-        DOT_F32=interpreting(),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
+        out, x, W, g, residual, M, N, K, out.stride(0), x.stride(0), W.stride(0),
+        residual.stride(0), float(eps), NORM=norm, ADD=add,
+        PRECISION="ieee" if W.element_size() == 4 else "tf32", DOT_F32=interpreting(),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, PDL=pdl, num_warps=warps,
+        num_stages=stages, launch_pdl=pdl)
 
 
 def linear(out, x, w):

@@ -5,16 +5,16 @@ ascending: the reference's stable sort). Every rule of the sampler keeps a prefi
 order, and a prefix is "key >= t": top-k, top-p and the inverse-CDF draw are each a bitwise
 search for the largest threshold t whose prefix still meets the rule (one pass over the
 logits per bit), and min-p keeps tokens whose weight exp((x - max) / T) reaches min_p.
+Weights are float32, summed in float64: only a u within float32 rounding of the boundary
+between two tokens can pick the neighbour the float64 reference would not.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .device import interpreting
-
-LOG2E = 1.4426950408889634
-COUNT, MASS_GE, MASS_GT = 0, 1, 2       # what a search asks of the prefix
+from .device import interpreting, pdl_enabled
+from .kernels import pdl_start
 
 
 @triton.jit
@@ -28,7 +28,7 @@ def _order_key(x, idx, IDB: tl.constexpr):
 def _prefix_stats(x_ptr, V, lmax, coef, lo, emin, IDB: tl.constexpr, BLOCK: tl.constexpr):
     """Count, weight sum and smallest key of tokens with key >= lo and weight >= emin."""
     cnt = tl.zeros([BLOCK], tl.int32)
-    mass = tl.zeros([BLOCK], tl.float32)
+    mass = tl.zeros([BLOCK], tl.float64)
     kmin = tl.full([BLOCK], 9223372036854775807, tl.int64)
     for v0 in range(0, V, BLOCK):
         idx = v0 + tl.arange(0, BLOCK)
@@ -37,7 +37,7 @@ def _prefix_stats(x_ptr, V, lmax, coef, lo, emin, IDB: tl.constexpr, BLOCK: tl.c
         key = _order_key(x, idx, IDB)
         keep = (idx < V) & (key >= lo) & (e >= emin)
         cnt += keep.to(tl.int32)
-        mass += tl.where(keep, e, 0.0)
+        mass += tl.where(keep, e, 0.0).to(tl.float64)
         kmin = tl.minimum(kmin, tl.where(keep, key, 9223372036854775807))
     return tl.sum(cnt, axis=0), tl.sum(mass, axis=0), tl.min(kmin, axis=0)
 
@@ -45,7 +45,8 @@ def _prefix_stats(x_ptr, V, lmax, coef, lo, emin, IDB: tl.constexpr, BLOCK: tl.c
 @triton.jit
 def _search(x_ptr, V, lmax, coef, lo, emin, need, WHAT: tl.constexpr, IDB: tl.constexpr,
             BLOCK: tl.constexpr):
-    """The largest t whose prefix (key >= max(t, lo), weight >= emin) still meets the need."""
+    """The largest t whose prefix (key >= max(t, lo), weight >= emin) still meets the need:
+    WHAT 0: holds at least `need` tokens; 1: weighs at least `need`; 2: weighs more."""
     t = lo * 0
     for i in range(32 + IDB):
         cand = t | (t * 0 + 1) << (31 + IDB - i)
@@ -63,7 +64,8 @@ def _search(x_ptr, V, lmax, coef, lo, emin, need, WHAT: tl.constexpr, IDB: tl.co
 
 @triton.jit
 def _sample_kernel(out_ptr, x_ptr, params_ptr, u_ptr, V, IDB: tl.constexpr,
-                   BLOCK: tl.constexpr):
+                   BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     temp = tl.load(params_ptr)
     top_k = tl.load(params_ptr + 1).to(tl.int32)
     top_p = tl.load(params_ptr + 2)
@@ -99,4 +101,5 @@ def sample(out, logits, params, u):
     assert logits.stride(-1) == 1
     block = min(256 if interpreting() else 2048, triton.next_power_of_2(V))
     _sample_kernel[(1,)](out, logits, params, u, V, IDB=max(1, (V - 1).bit_length()),
-                         BLOCK=block, num_warps=8)
+                         BLOCK=block, PDL=pdl_enabled(out.device), num_warps=8,
+                         launch_pdl=pdl_enabled(out.device))
