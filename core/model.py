@@ -164,7 +164,6 @@ class Model:
     def _step(self, a: SimpleNamespace) -> None:
         """One forward pass over a.T tokens at position pos; logits of the last token."""
         k, pos = self.k, self.pos.native
-        eps = self.config.norm_eps
         k.embedding(a.x, self.tok_embeddings, a.ids)
         for L in self.layers:
             self._norm_linear(a.qkv, a.x, L.attn_norm, L.wqkv, a.h)

@@ -7,4 +7,4 @@ from pathlib import Path
 # whatever else is installed; POLYLLAMA_PLUGINS set by the caller wins.
 os.environ.setdefault("POLYLLAMA_PLUGINS", "cpu_numpy,cuda_triton,cuda_cupy,int8,cpu_torch")
 sys.path.insert(0, str(Path(__file__).parent))
-from backends import backend, dtype, rng  # noqa: E402,F401  (backend-parametrized fixtures)
+from backends import backend, dtype, rng  # noqa: F401  (shared fixtures)  # noqa: E402,F401  (backend-parametrized fixtures)

@@ -98,3 +98,32 @@ def reference_checkpoint(model, max_seq_len: int = 256):
                       rope_theta=getattr(c, "rope_theta", None) or c.rope_parameters["rope_theta"],
                       tie_embeddings=c.tie_word_embeddings).validated()
     return Checkpoint(cfg, canonical_weights(model), "memory", "<memory>").validate()
+
+
+PROMPT = [1, 5, 7, 9, 11, 3, 17]
+
+
+def polyllama_greedy(model, ids, n: int) -> list[int]:
+    """n greedy tokens from a built polyllama Model: prefill, then decode steps that pick
+    the argmax on the device."""
+    model.prefill(ids, 0)
+    out = [model.pick_on_device("argmax")]
+    for i in range(n - 1):
+        model.decode(len(ids) + i, pick="argmax")
+        out.append(model.read_token())
+    return out
+
+
+def assert_matches_transformers(ckpt, hf, prompt=PROMPT, steps: int = 32,
+                                device: str = "cpu:numpy", dtype=None, rtol: float = 1e-4):
+    """The checkpoint, run by polyllama, against the transformers model: last-token logits
+    within rtol of the largest logit, and `steps` greedy tokens equal."""
+    from polyllama import get_device
+    from polyllama.model import Model
+    model = Model.build(ckpt, get_device(device), dtype)
+    model.prefill(prompt, 0)
+    ref = hf_logits(hf, prompt)[-1]
+    assert np.max(np.abs(model.read_logits() - ref)) <= rtol * np.max(np.abs(ref))
+    want = hf_greedy(hf, prompt, steps)
+    assert len(set(want)) > 4, "reference output too repetitive to prove anything"
+    assert polyllama_greedy(model, prompt, steps) == want

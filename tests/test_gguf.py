@@ -16,7 +16,6 @@ import refmodel
 from polyllama import ModelFormatError
 from polyllama.gguf_file import DEQUANTIZE, load_gguf
 from polyllama.load import load_checkpoint
-from test_hf import assert_matches_transformers
 from test_hf_tokenizer import gguf_fields_of, train_byte_level
 
 gguf = pytest.importorskip("gguf")
@@ -177,7 +176,7 @@ def test_tensors_load_as_the_dequantized_source(tmp_path, name, kind):
 def test_logits_and_greedy_match_transformers(tmp_path, name, kind):
     hf = reference_model(name)
     ckpt = load_gguf(write_gguf(tmp_path / "m.gguf", hf, TYPES[kind]))
-    assert_matches_transformers(ckpt, dequantized_model(hf, TYPES[kind]))
+    refmodel.assert_matches_transformers(ckpt, dequantized_model(hf, TYPES[kind]))
 
 
 def test_embedded_tokenizer_and_template(tmp_path):
@@ -221,7 +220,7 @@ def test_llama3_rope_scaling_from_rope_freqs(tmp_path):
     ckpt = load_gguf(write_gguf(tmp_path / "m.gguf", hf, Q.F32, extra_tensors=[
         ("rope_freqs.weight", np.array(factors, np.float32))]))
     assert ckpt.config.rope_scaling["rope_type"] == "llama3"
-    assert_matches_transformers(ckpt, hf, steps=16)
+    refmodel.assert_matches_transformers(ckpt, hf, steps=16)
 
 
 # ---------------------------------------------------------------- bad input

@@ -9,31 +9,11 @@ import pytest
 import torch
 
 import refmodel
-from polyllama import ModelFormatError, get_device
+from polyllama import ModelFormatError
 from polyllama.hf import load_hf_dir
 from polyllama.load import load_checkpoint
-from polyllama.model import Model
 
-PROMPT = [1, 5, 7, 9, 11, 3, 17]
-
-
-def greedy(model, ids, n):
-    model.prefill(ids, 0)
-    out = [model.pick_on_device("argmax")]
-    for i in range(n - 1):
-        model.decode(len(ids) + i, pick="argmax")
-        out.append(model.read_token())
-    return out
-
-
-def assert_matches_transformers(ckpt, hf, prompt=PROMPT, steps=32):
-    model = Model.build(ckpt, get_device("cpu:numpy"))
-    model.prefill(prompt, 0)
-    ref = refmodel.hf_logits(hf, prompt)[-1]
-    assert np.max(np.abs(model.read_logits() - ref)) <= 1e-4 * np.max(np.abs(ref))
-    want = refmodel.hf_greedy(hf, prompt, steps)
-    assert len(set(want)) > 4, "reference output too repetitive to prove anything"
-    assert greedy(model, prompt, steps) == want
+PROMPT = refmodel.PROMPT
 
 
 @pytest.fixture(scope="module", params=sorted(refmodel.CONFIGS))
@@ -74,7 +54,7 @@ def test_float32_tensors_are_views_of_the_file(saved):
 @pytest.mark.parametrize("layout", ["single", "sharded"])
 def test_logits_and_greedy_match_transformers(saved, layout):
     hf, single, sharded = saved
-    assert_matches_transformers(load_hf_dir(single if layout == "single" else sharded), hf)
+    refmodel.assert_matches_transformers(load_hf_dir(single if layout == "single" else sharded), hf)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -86,7 +66,7 @@ def test_half_precision_files(tmp_path, dtype):
         np.testing.assert_array_equal(np.asarray(ckpt.tensors[name], np.float32), w, name)
     hf = refmodel.make_hf_model("gqa-tied")       # float32 reference (rope tables included)
     hf.load_state_dict({k: v.float() for k, v in half.state_dict().items()})
-    assert_matches_transformers(ckpt, hf, steps=16)
+    refmodel.assert_matches_transformers(ckpt, hf, steps=16)
 
 
 def test_llama3_rope_scaling_explicit_head_dim_and_theta(tmp_path):
@@ -109,7 +89,7 @@ def test_llama3_rope_scaling_explicit_head_dim_and_theta(tmp_path):
     assert ckpt.config.hd == 24 and ckpt.config.rope_theta == 500000.0
     assert ckpt.config.rope_scaling["rope_type"] == "llama3"
     prompt = list(np.random.default_rng(0).integers(0, 90, 60))  # past the original context
-    assert_matches_transformers(ckpt, hf, prompt, steps=8)
+    refmodel.assert_matches_transformers(ckpt, hf, prompt, steps=8)
 
     # the same file in the older config.json spelling (rope_theta + rope_scaling) reads the same
     cfg_path = tmp_path / "config.json"

@@ -11,7 +11,8 @@ from polyllama.checkpoint import QuantizedArray
 from polyllama.errors import ModelFormatError
 from polyllama.llama2c import load_llama2c
 
-from formats import MAGIC, WRITERS, write_v1, write_v2
+import refmodel
+from formats import MAGIC, WRITERS
 from refmodel import CONFIGS, canonical_weights, make_hf_model
 
 SEQ = 128
@@ -161,7 +162,7 @@ def test_unreadable_paths(tmp_path, case, message):
 
 # -- the whole model through each file format, against transformers ----------------------
 
-PROMPT = [1, 5, 7, 9, 11, 3, 17]
+PROMPT = refmodel.PROMPT
 HF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
             "wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
             "wo": "self_attn.o_proj", "w1": "mlp.gate_proj", "w2": "mlp.down_proj",
@@ -200,19 +201,7 @@ def hf_with_file_weights(model, tensors):
 
 @pytest.mark.parametrize("fmt", sorted(WRITERS))
 def test_whole_model_matches_transformers(tmp_path, ref, fmt):
-    from polyllama import get_device
-    from polyllama.model import Model
-    from refmodel import hf_greedy, hf_logits
-
     name, model, weights = ref
     ckpt = load_llama2c(write(tmp_path / "model.bin", fmt, name, weights))
     hf = hf_with_file_weights(model, ckpt.tensors) if fmt in INT8 else model
-    llm = Model.build(ckpt, get_device("cpu:numpy"))
-    llm.prefill(PROMPT, 0)
-    want = hf_logits(hf, PROMPT)[-1]
-    assert np.max(np.abs(llm.read_logits() - want)) <= 1e-4 * np.max(np.abs(want))
-    tokens = [llm.pick_on_device("argmax")]
-    for i in range(31):
-        llm.decode(len(PROMPT) + i, pick="argmax")
-        tokens.append(llm.read_token())
-    assert tokens == hf_greedy(hf, PROMPT, 32)
+    refmodel.assert_matches_transformers(ckpt, hf)

@@ -7,22 +7,13 @@ from polyllama import ContextLengthError, get_device
 from polyllama import model as model_mod
 from polyllama.model import Model
 
-PROMPT = [1, 5, 7, 9, 11, 3, 17]
+PROMPT = refmodel.PROMPT
 
 
 @pytest.fixture(scope="module", params=sorted(refmodel.CONFIGS))
 def pair(request):
     hf = refmodel.make_hf_model(request.param, seed=1)
     return hf, refmodel.reference_checkpoint(hf)
-
-
-def greedy(model, ids, n):
-    model.prefill(ids, 0)
-    out = [model.pick_on_device("argmax")]
-    for i in range(n - 1):
-        model.decode(len(ids) + i, pick="argmax")
-        out.append(model.read_token())
-    return out
 
 
 def test_prefill_logits_match_transformers(pair):
@@ -40,7 +31,7 @@ def test_greedy_32_tokens_match_transformers(pair):
     model = Model.build(ckpt, get_device("cpu:numpy"))
     want = refmodel.hf_greedy(hf, PROMPT, 32)
     assert len(set(want)) > 4, "reference output too repetitive to prove anything"
-    assert greedy(model, PROMPT, 32) == want
+    assert refmodel.polyllama_greedy(model, PROMPT, 32) == want
 
 
 def test_decode_logits_match_transformers_at_every_step(pair):

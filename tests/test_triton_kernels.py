@@ -97,10 +97,12 @@ def test_decode_runner_replays_with_new_inputs(dev, rng):
     b = up(dev, rng.standard_normal((1, 300)), "float32")
     out = poisoned(dev, (1, 300), "float32")
     run = dev.decode_runner(lambda: kernels.add(out, a, b))
-    a.copy_(torch.randn_like(a))                   # new inputs after capture
-    run()
-    dev.synchronize()
-    close(out, host(a) + host(b), "float32")
+    for _ in range(3):                             # eager and captured, then replays
+        a.copy_(torch.randn_like(a))
+        out.fill_(float("nan"))
+        run()
+        dev.synchronize()
+        close(out, host(a) + host(b), "float32")
 
 
 # ---------------------------------------------------------------- element-wise ops

@@ -29,47 +29,60 @@ def _partials(device, H, n_split, block_d):
 
 
 @triton.jit
+def _split_bounds(n, sp, N_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Split sp's slice [start, end) of the cached keys 0..n-1 (empty when start >= end)."""
+    chunk = tl.cdiv(tl.cdiv(n, N_SPLIT), BLOCK_S) * BLOCK_S
+    start = sp * chunk
+    return start, tl.minimum(start + chunk, n)
+
+
+@triton.jit
 def _decode_split_kernel(part_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, qk_scale, s_qh, s_c,
                          G: tl.constexpr, HD: tl.constexpr, N_SPLIT: tl.constexpr,
                          BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
-    pdl_start(PDL)
     h, sp = tl.program_id(0), tl.program_id(1)
     n = tl.load(pos_ptr)                          # cached keys 0..n-1; key n comes in q's step
-    chunk = tl.cdiv(tl.cdiv(n, N_SPLIT), BLOCK_S) * BLOCK_S
-    start = sp * chunk
-    end = tl.minimum(start + chunk, n)
+    start, end = _split_bounds(n, sp, N_SPLIT, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
     dmask = d < HD
-    q = tl.load(q_ptr + h * s_qh + d, mask=dmask, other=0.0).to(tl.float32) * qk_scale
     head = (h // G) * HD + d
+    s = start + tl.arange(0, BLOCK_S)
+    offs = s.to(tl.int64)[:, None] * s_c + head[None, :]
+    mask2 = (s < end)[:, None] & dmask[None, :]
+    k = tl.load(kc_ptr + offs, mask=mask2, other=0.0)     # earlier steps wrote these rows:
+    v = tl.load(vc_ptr + offs, mask=mask2, other=0.0)     # they load before the PDL wait
+    pdl_start(PDL)
+    q = tl.load(q_ptr + h * s_qh + d, mask=dmask, other=0.0).to(tl.float32) * qk_scale
     m = tl.max(tl.full([BLOCK_S], float("-inf"), tl.float32), axis=0)
     l = tl.sum(tl.zeros([BLOCK_S], tl.float32), axis=0)
     acc = tl.zeros([BLOCK_D], tl.float32)
     for s0 in range(start, end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
-        smask = s < end
-        offs = s.to(tl.int64)[:, None] * s_c + head[None, :]
-        mask2 = smask[:, None] & dmask[None, :]
-        k = tl.load(kc_ptr + offs, mask=mask2, other=0.0).to(tl.float32)
-        scores = tl.where(smask, tl.sum(k * q[None, :], axis=1), float("-inf"))
+        nxt = s + BLOCK_S                         # the next tile loads while this one is used
+        offs = nxt.to(tl.int64)[:, None] * s_c + head[None, :]
+        mask2 = (nxt < end)[:, None] & dmask[None, :]
+        k_next = tl.load(kc_ptr + offs, mask=mask2, other=0.0)
+        v_next = tl.load(vc_ptr + offs, mask=mask2, other=0.0)
+        scores = tl.where(s < end, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=0))
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(scores - m_new)
-        v = tl.load(vc_ptr + offs, mask=mask2, other=0.0).to(tl.float32)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
         l = l * alpha + tl.sum(p, axis=0)
         m = m_new
-    base = part_ptr + (h * N_SPLIT + sp) * (BLOCK_D + 2)
-    tl.store(base + d, acc)
-    tl.store(base + BLOCK_D, m)
-    tl.store(base + BLOCK_D + 1, l)
+        k, v = k_next, v_next
+    if start < end:                               # the merge skips empty splits
+        base = part_ptr + (h * N_SPLIT + sp) * (BLOCK_D + 2)
+        tl.store(base + d, acc)
+        tl.store(base + BLOCK_D, m)
+        tl.store(base + BLOCK_D + 1, l)
 
 
 @triton.jit
 def _decode_merge_kernel(out_ptr, part_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr,
                          qk_scale, s_qh, s_kh, s_oh, s_c,
                          G: tl.constexpr, HD: tl.constexpr, N_SPLIT: tl.constexpr,
-                         BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
     pdl_start(PDL)
     h = tl.program_id(0)
     n = tl.load(pos_ptr)
@@ -81,12 +94,14 @@ def _decode_merge_kernel(out_ptr, part_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr,
     v_new = tl.load(v_ptr + kvh * s_kh + d, mask=dmask, other=0.0)
     s_new = tl.sum(q * k_new.to(tl.float32), axis=0)
     sp = tl.arange(0, N_SPLIT)
+    start, end = _split_bounds(n, sp, N_SPLIT, BLOCK_S)
+    used = start < end
     base = part_ptr + (h * N_SPLIT + sp) * (BLOCK_D + 2)
-    m = tl.load(base + BLOCK_D)
-    l = tl.load(base + BLOCK_D + 1)
-    acc = tl.load(base[:, None] + d[None, :])
+    m = tl.load(base + BLOCK_D, mask=used, other=float("-inf"))
+    l = tl.load(base + BLOCK_D + 1, mask=used, other=0.0)
+    acc = tl.load(base[:, None] + d[None, :], mask=used[:, None], other=0.0)
     top = tl.maximum(tl.max(m, axis=0), s_new)
-    w = tl.where(l > 0, tl.exp2(m - top), 0.0)
+    w = tl.where(used, tl.exp2(m - top), 0.0)
     w_new = tl.exp2(s_new - top)
     total = tl.sum(l * w, axis=0) + w_new
     o = (tl.sum(acc * w[:, None], axis=0) + w_new * v_new.to(tl.float32)) / total
@@ -98,16 +113,19 @@ def _decode_merge_kernel(out_ptr, part_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr,
 
 
 @triton.jit
-def _cache_write_kernel(kc_ptr, vc_ptr, k_ptr, v_ptr, pos_ptr, s_kt, s_kh, s_vt, s_vh, s_c,
-                        HD: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+def _cache_write_kernel(kc_ptr, vc_ptr, k_ptr, v_ptr, pos_ptr, KV, s_kt, s_kh, s_vt, s_vh, s_c,
+                        HD: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_D: tl.constexpr,
+                        PDL: tl.constexpr):
     pdl_start(PDL)
-    t, kvh = tl.program_id(0), tl.program_id(1)
-    d = tl.arange(0, BLOCK_D)
+    t = tl.program_id(0)
+    kvh = tl.arange(0, BLOCK_KV)[:, None]
+    d = tl.arange(0, BLOCK_D)[None, :]
+    mask = (kvh < KV) & (d < HD)
     row = (tl.load(pos_ptr) + t).to(tl.int64) * s_c + kvh * HD + d
-    k = tl.load(k_ptr + t * s_kt + kvh * s_kh + d, mask=d < HD)
-    v = tl.load(v_ptr + t * s_vt + kvh * s_vh + d, mask=d < HD)
-    tl.store(kc_ptr + row, k.to(kc_ptr.dtype.element_ty), mask=d < HD)
-    tl.store(vc_ptr + row, v.to(vc_ptr.dtype.element_ty), mask=d < HD)
+    k = tl.load(k_ptr + t * s_kt + kvh * s_kh + d, mask=mask)
+    v = tl.load(v_ptr + t * s_vt + kvh * s_vh + d, mask=mask)
+    tl.store(kc_ptr + row, k.to(kc_ptr.dtype.element_ty), mask=mask)
+    tl.store(vc_ptr + row, v.to(vc_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -181,12 +199,12 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
             N_SPLIT=n_split, BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4, **pdl)
         _decode_merge_kernel[(H,)](
             out, part, q, k, v, k_cache, v_cache, pos, qk_scale, q.stride(1), k.stride(1),
-            out.stride(1), s_c, G=G, HD=hd, N_SPLIT=n_split, BLOCK_D=block_d, num_warps=4,
-            **pdl)
+            out.stride(1), s_c, G=G, HD=hd, N_SPLIT=n_split, BLOCK_S=block_s, BLOCK_D=block_d,
+            num_warps=4, **pdl)
         return
-    _cache_write_kernel[(T, KV)](k_cache, v_cache, k, v, pos, k.stride(0), k.stride(1),
-                                 v.stride(0), v.stride(1), s_c, HD=hd, BLOCK_D=block_d,
-                                 num_warps=1, **pdl)
+    _cache_write_kernel[(T,)](k_cache, v_cache, k, v, pos, KV, k.stride(0), k.stride(1),
+                              v.stride(0), v.stride(1), s_c, HD=hd,
+                              BLOCK_KV=triton.next_power_of_2(KV), BLOCK_D=block_d, **pdl)
     fp32 = q.element_size() == 4
     if interpreting():
         bm, bn, warps, stages = 16, 16, 4, 1

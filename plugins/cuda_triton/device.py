@@ -94,16 +94,25 @@ class TritonDevice(Device):
                 "peak": torch.cuda.max_memory_allocated(self.torch_device)}
 
     def decode_runner(self, step):
-        """Run the step once (compiles every kernel and allocates kernel workspaces), then
-        capture it as one CUDA graph and return its replay. POLYLLAMA_NO_GRAPH=1 keeps it eager."""
+        """The first call runs the step eagerly (compiling every kernel and allocating kernel
+        workspaces), then records it as one CUDA graph; later calls replay the graph.
+        POLYLLAMA_NO_GRAPH=1 keeps every call eager."""
         if self.torch_device.type != "cuda" or os.environ.get("POLYLLAMA_NO_GRAPH", "0") != "0":
             return step
-        step()
-        torch.cuda.synchronize(self.torch_device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        graph = None
+
+        def run():
+            nonlocal graph
+            if graph is not None:
+                graph.replay()
+                return
             step()
-        return graph.replay
+            torch.cuda.synchronize(self.torch_device)
+            captured = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(captured):      # records the launches, runs nothing
+                step()
+            graph = captured
+        return run
 
     def measure_bandwidth(self, nbytes: int = 1 << 30, repeats: int = 30) -> float | None:
         """Device-to-device copy rate in bytes/s, counting bytes read plus bytes written

@@ -66,31 +66,34 @@ def rmsnorm(out, x, weight, eps):
 
 
 @triton.jit
-def _rope_kernel(q_ptr, k_ptr, pos_ptr, cos_ptr, sin_ptr, H, sq_t, sq_h, sk_t, sk_h, s_tab,
-                 HALF: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _rope_kernel(q_ptr, k_ptr, pos_ptr, cos_ptr, sin_ptr, H, NH, sq_t, sq_h, sk_t, sk_h, s_tab,
+                 HD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+                 PDL: tl.constexpr):
+    """A block of heads of one token; heads below H are q's, the rest k's."""
+    t = tl.program_id(0)
+    p = tl.load(pos_ptr) + t                 # the host wrote pos before the step: read it early
+    i = tl.arange(0, BLOCK_D // 2)
+    c = tl.load(cos_ptr + p * s_tab + i, mask=i < HD // 2, other=0.0)
+    s = tl.load(sin_ptr + p * s_tab + i, mask=i < HD // 2, other=0.0)
     pdl_start(PDL)
-    t, head = tl.program_id(0), tl.program_id(1)
-    if head < H:
-        base = q_ptr + t * sq_t + head * sq_h
-    else:
-        base = k_ptr + t * sk_t + (head - H) * sk_h
-    p = tl.load(pos_ptr) + t
-    i = tl.arange(0, BLOCK)
-    mask = i < HALF
-    c = tl.load(cos_ptr + p * s_tab + i, mask=mask)
-    s = tl.load(sin_ptr + p * s_tab + i, mask=mask)
-    even = tl.load(base + 2 * i, mask=mask).to(tl.float32)
-    odd = tl.load(base + 2 * i + 1, mask=mask).to(tl.float32)
-    tl.store(base + 2 * i, (even * c - odd * s).to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(base + 2 * i + 1, (even * s + odd * c).to(q_ptr.dtype.element_ty), mask=mask)
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    d = tl.arange(0, BLOCK_D)
+    base = tl.where((heads < H)[:, None], q_ptr + t * sq_t + heads[:, None] * sq_h,
+                    k_ptr + t * sk_t + (heads[:, None] - H) * sk_h) + d[None, :]
+    mask = (heads < NH)[:, None] & (d < HD)[None, :]
+    x = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+    even, odd = tl.split(tl.reshape(x, (BLOCK_H, BLOCK_D // 2, 2)))
+    out = tl.join(even * c[None, :] - odd * s[None, :], even * s[None, :] + odd * c[None, :])
+    tl.store(base, tl.reshape(out, (BLOCK_H, BLOCK_D)).to(q_ptr.dtype.element_ty), mask=mask)
 
 
 def rope(q, k, pos, cos, sin):
     T, H, hd = q.shape
     assert q.stride(2) == 1 and k.stride(2) == 1, "rope needs unit stride along the head"
-    launch(_rope_kernel, (T, H + k.shape[1]), q, k, pos, cos, sin, H, q.stride(0),
-           q.stride(1), k.stride(0), k.stride(1), cos.stride(0), HALF=hd // 2,
-           BLOCK=triton.next_power_of_2(hd // 2), num_warps=1, device=q.device)
+    nh, block_h = H + k.shape[1], 8
+    launch(_rope_kernel, (T, triton.cdiv(nh, block_h)), q, k, pos, cos, sin, H, nh,
+           q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), HD=hd,
+           BLOCK_H=block_h, BLOCK_D=triton.next_power_of_2(hd), device=q.device)
 
 
 @triton.jit

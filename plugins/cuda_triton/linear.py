@@ -1,18 +1,24 @@
 """linear, rmsnorm_linear and linear_add: out = [residual +] norm?(x) @ W^T.
 
 One token (decode) streams W once through a GEMV whose programs each own a few rows: it is
-bound by memory bandwidth. More tokens (prefill) go through a tiled tl.dot GEMM. Both fuse
-the optional RMSNorm of the input (x * weight, with the row's inverse RMS applied to the
-accumulator at the end) and the optional residual add into the store.
+bound by memory bandwidth, so each program keeps two weight tiles in flight, the first one
+issued before it waits for the previous kernel (PDL). The RMSNorm of the input is fused
+(x * weight, the row's inverse RMS applied to the sum) and so is the residual add.
+More tokens (prefill) go through a tiled tl.dot GEMM; there the RMSNorm runs first into a
+scratch buffer, since scaling the tiles in registers would keep them off the pipelined
+shared-memory path of the tensor cores.
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .device import interpreting, pdl_enabled
-from .kernels import pdl_start
+from .kernels import pdl_start, rmsnorm
+
+_scratch: dict = {}       # prefill RMSNorm output per (device, dtype); grows, never in a graph
 
 
 @triton.jit
@@ -48,10 +54,10 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
 
 
 @triton.jit
-def _gemm_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, M, N, K, s_out, s_x, s_w, s_r, eps,
-                 NORM: tl.constexpr, ADD: tl.constexpr, PRECISION: tl.constexpr,
-                 DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PDL: tl.constexpr):
+def _gemm_kernel(out_ptr, x_ptr, w_ptr, r_ptr, M, N, K, s_out, s_x, s_w, s_r,
+                 ADD: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 GROUP_M: tl.constexpr, PDL: tl.constexpr):
     pdl_start(PDL)
     pid = tl.program_id(0)                           # grouped order: neighbours share W tiles
     n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
@@ -66,21 +72,13 @@ def _gemm_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, M, N, K, s_out, s_x, s_w, 
     x_rows = x_ptr + rm.to(tl.int64)[:, None] * s_x
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * s_w
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    ss = tl.zeros([BLOCK_M], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + rk
         a = tl.load(x_rows + k[None, :], mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
         b = tl.load(w_rows + k[None, :], mask=(rn[:, None] < N) & (k[None, :] < K), other=0.0)
-        if NORM:
-            af = a.to(tl.float32)
-            ss += tl.sum(af * af, axis=1)
-            g = tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
-            a = (af * g[None, :]).to(b.dtype)
-        if DOT_F32:
+        if DOT_F32:        # the interpreter multiplies bf16 bit patterns, not values
             a, b = a.to(tl.float32), b.to(tl.float32)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
-    if NORM:
-        acc = acc * tl.rsqrt(ss / K + eps)[:, None]
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     if ADD:
         acc += tl.load(r_ptr + rm[:, None] * s_r + rn[None, :], mask=mask, other=0.0).to(
@@ -90,10 +88,38 @@ def _gemm_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, M, N, K, s_out, s_x, s_w, 
 
 
 def _gemv_config(N, K):
-    """(BLOCK_N, BLOCK_K, num_warps) for one token."""
+    """(BLOCK_N, BLOCK_K, num_warps) for one token, from a sweep of the Llama shapes."""
     if interpreting():
         return 16, min(128, triton.next_power_of_2(K)), 4
-    return 2, min(1024, triton.next_power_of_2(K)), 4
+    if N * K >= 1 << 26:
+        bn, bk = 2, 2048
+    elif N * K >= 1 << 23:
+        bn, bk = 4, 1024
+    else:
+        bn, bk = 2, 1024
+    return bn, min(bk, triton.next_power_of_2(K)), 4
+
+
+def _gemm_config(M, N, fp32):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for prefill."""
+    if interpreting():
+        return 16, 32, 32, 4, 1
+    if fp32:
+        return 64, 64, 32, 4, 3
+    if triton.cdiv(M, 128) * triton.cdiv(N, 128) >= 120:      # big tiles still fill the GPU
+        return 128, 128, 64, 8, 4
+    return 64, 64, 64, 4, 4
+
+
+def _normed(x, g, eps):
+    """rmsnorm(x) into a scratch buffer kept for the next prefill."""
+    key = (x.device, x.dtype)
+    buf = _scratch.get(key)
+    if buf is None or buf.numel() < x.numel():
+        buf = _scratch[key] = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
+    out = buf[:x.numel()].view(x.shape)
+    rmsnorm(out, x, g, eps)
+    return out
 
 
 def _run(out, x, w, g=None, eps=0.0, residual=None):
@@ -101,28 +127,25 @@ def _run(out, x, w, g=None, eps=0.0, residual=None):
     M, K = x.shape
     N = W.shape[0]
     assert x.stride(1) == 1 and W.stride(1) == 1 and out.stride(1) == 1, "rows must be dense"
-    norm, add = g is not None, residual is not None
     pdl = pdl_enabled(out.device)
-    g, residual = (g if norm else x), (residual if add else out)
+    add = residual is not None
+    residual = residual if add else out
     if M == 1:
         bn, bk, warps = _gemv_config(N, K)
         _gemv_kernel[(triton.cdiv(N, bn),)](
-            out, x, W, g, residual, N, K, W.stride(0), float(eps), NORM=norm, ADD=add,
-            BLOCK_N=bn, BLOCK_K=bk, PDL=pdl, num_warps=warps, launch_pdl=pdl)
+            out, x, W, x if g is None else g, residual, N, K, W.stride(0), float(eps),
+            NORM=g is not None, ADD=add, BLOCK_N=bn, BLOCK_K=bk, PDL=pdl, num_warps=warps,
+            launch_pdl=pdl)
         return
-    if interpreting():
-        bm, bn, bk, warps, stages = 16, 32, 32, 4, 1
-    elif W.element_size() == 4:
-        bm, bn, bk, warps, stages = 64, 64, 32, 4, 3
-    else:
-        bm, bn, bk, warps, stages = 128, 128, 64, 8, 3
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-    _gemm_kernel[grid](
-        out, x, W, g, residual, M, N, K, out.stride(0), x.stride(0), W.stride(0),
-        residual.stride(0), float(eps), NORM=norm, ADD=add,
-        PRECISION="ieee" if W.element_size() == 4 else "tf32", DOT_F32=interpreting(),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, PDL=pdl, num_warps=warps,
-        num_stages=stages, launch_pdl=pdl)
+    if g is not None:
+        x = _normed(x, g, eps)
+    fp32 = W.element_size() == 4
+    bm, bn, bk, warps, stages = _gemm_config(M, N, fp32)
+    _gemm_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
+        out, x, W, residual, M, N, K, out.stride(0), x.stride(0), W.stride(0),
+        residual.stride(0), ADD=add, PRECISION="ieee" if fp32 else "tf32",
+        DOT_F32=interpreting(), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, PDL=pdl,
+        num_warps=warps, num_stages=stages, launch_pdl=pdl)
 
 
 def linear(out, x, w):
