@@ -13,7 +13,6 @@ from polyllama import ModelFormatError
 from polyllama.hf import load_hf_dir
 from polyllama.load import load_checkpoint
 
-PROMPT = refmodel.PROMPT
 
 
 @pytest.fixture(scope="module", params=sorted(refmodel.CONFIGS))

@@ -162,7 +162,6 @@ def test_unreadable_paths(tmp_path, case, message):
 
 # -- the whole model through each file format, against transformers ----------------------
 
-PROMPT = refmodel.PROMPT
 HF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
             "wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
             "wo": "self_attn.o_proj", "w1": "mlp.gate_proj", "w2": "mlp.down_proj",
