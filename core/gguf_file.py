@@ -25,8 +25,22 @@ def _reader(path: str):
         import gguf
     except ImportError as e:
         raise ModelFormatError("reading GGUF files needs the gguf package: pip install gguf") from e
+
+    class Reader(gguf.GGUFReader):
+        """GGUFReader over a plain ndarray view of its memory map: slicing an np.memmap
+        runs Python code per slice, and reading a 49k-token vocabulary takes ~10^6 slices
+        (3x faster load)."""
+
+        @property
+        def data(self):
+            return self._array
+
+        @data.setter
+        def data(self, value):
+            self._array = value.view(np.ndarray) if isinstance(value, np.memmap) else value
+
     try:
-        return gguf.GGUFReader(path)
+        return Reader(path)
     except Exception as e:        # the package raises plain ValueError/IndexError on bad files
         raise ModelFormatError(f"{path}: not a readable GGUF file, or truncated ({e})") from e
 

@@ -139,6 +139,7 @@ class Model:
         self.linear = reg.kernel(b, "linear", self.fmt)
         opt = lambda op: reg.kernel(b, op, self.fmt) if reg.has_kernel(b, op, self.fmt) else None
         self.linear_add_k, self.rmsnorm_linear_k = opt("linear_add"), opt("rmsnorm_linear")
+        self.swiglu_k = opt("rmsnorm_swiglu")
         self.sample_k = reg.kernel(b, "sample") if reg.has_kernel(b, "sample") else None
 
     def _upload(self, host, dtype=None):
@@ -170,8 +171,11 @@ class Model:
             k.rope(a.q, a.k, pos, self.cos, self.sin)
             k.attention(a.attn3, a.q, a.k, a.v, L.k_cache, L.v_cache, pos, self.scale)
             self._linear_add(a.x, a.attn, L.wo, a.tmp)
-            self._norm_linear(a.gu, a.x, L.ffn_norm, L.w13, a.h)
-            k.silu_mul(a.act, a.gate, a.up)
+            if self.swiglu_k is not None:
+                self.swiglu_k(a.act, a.x, L.ffn_norm, self.config.norm_eps, L.w13)
+            else:
+                self._norm_linear(a.gu, a.x, L.ffn_norm, L.w13, a.h)
+                k.silu_mul(a.act, a.gate, a.up)
             self._linear_add(a.x, a.act, L.w2, a.tmp)
         self._norm_linear(self.logits.native, a.last, self.norm, self.output,
                           self._decode.h)

@@ -26,6 +26,8 @@ Optional ops (the executor composes them from required ops when a backend lacks 
   rmsnorm_linear(out[T,N], x[T,K], weight[K], eps, w: Weight)    linear(rmsnorm(x))
   linear_add(out[T,N], x[T,K], w: Weight, residual[T,N])         out = residual + x @ W^T
                                                                  (out may alias residual)
+  rmsnorm_swiglu(out[T,F], x[T,K], weight[K], eps, w: Weight)    W = [W1; W3] (2F x K):
+        g | u = rmsnorm_linear(x, weight, eps, W) split in halves; out = silu_mul(g, u)
   sample(out[1], logits[1,V], params[4], u[1])
         params = (temperature, top_k, top_p, min_p) as float32; u ~ U[0,1) float32.
         Samples one token from softmax(logits / temperature) restricted by top-k, top-p,
@@ -38,11 +40,12 @@ from typing import Any, Callable
 
 REQUIRED_OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add",
                 "argmax")
-OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "sample")
+OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "rmsnorm_swiglu", "sample")
 ALL_OPS = REQUIRED_OPS + OPTIONAL_OPS
 
 DENSE = "dense"        # weight format of an unquantized matrix in the compute dtype
-WEIGHT_OPS = ("linear", "rmsnorm_linear", "linear_add")   # the ops dispatched per weight format
+# the ops dispatched per weight format
+WEIGHT_OPS = ("linear", "rmsnorm_linear", "linear_add", "rmsnorm_swiglu")
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """Causal GQA attention over the KV cache (core/ops.py `attention`).
 
-Decode (one token) is split-K "flash decoding": a fixed grid of (head, split) programs each
-reduce a slice of the cached keys 0..pos-1 (slice bounds come from pos, read on the device,
-so a CUDA graph replays at any position), then one program per head merges the slices with
-the new token's own key and value and writes that key and value into the cache row pos.
-Prefill copies its keys and values into the cache, then runs a tiled causal flash-attention
-kernel over the cache rows 0..pos+T-1, so a chunk may continue an earlier prompt.
+Decode (one token) is split-K "flash decoding" in one kernel: a fixed grid of (head, split)
+programs each reduce a slice of the cached keys 0..pos-1 (slice bounds come from pos, read
+on the device, so a CUDA graph replays at any position); the last program of a head to
+finish (an atomic counter tells) merges the slices with the new token's own key and value,
+and writes that key and value into cache row pos. Prefill copies its keys and values into
+the cache, then runs a tiled causal flash-attention kernel over the cache rows
+0..pos+T-1, so a chunk may continue an earlier prompt.
 """
 from __future__ import annotations
 
@@ -17,14 +18,17 @@ from .device import interpreting, pdl_enabled
 from .kernels import pdl_start
 
 LOG2E = 1.4426950408889634
-_workspaces: dict = {}      # split partials, one per (device, shape); never freed (graph-safe)
+_workspaces: dict = {}      # per (device, shape); never freed, so graphs may hold them
 
 
-def _partials(device, H, n_split, block_d):
+def _workspace(device, H, n_split, block_d):
+    """Split partials [H, n_split, acc | max | sum] and per-head arrival counters (zeroed;
+    the merging program resets its counter)."""
     key = (str(device), H, n_split, block_d)
     if key not in _workspaces:
-        _workspaces[key] = torch.empty((H, n_split, block_d + 2), dtype=torch.float32,
-                                       device=device)
+        _workspaces[key] = (torch.empty((H, n_split, block_d + 2), dtype=torch.float32,
+                                        device=device),
+                            torch.zeros(H, dtype=torch.int32, device=device))
     return _workspaces[key]
 
 
@@ -37,15 +41,17 @@ def _split_bounds(n, sp, N_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr):
 
 
 @triton.jit
-def _decode_split_kernel(part_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, qk_scale, s_qh, s_c,
-                         G: tl.constexpr, HD: tl.constexpr, N_SPLIT: tl.constexpr,
-                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+def _decode_kernel(out_ptr, part_ptr, cnt_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr,
+                   qk_scale, s_qh, s_kh, s_oh, s_c, G: tl.constexpr, HD: tl.constexpr,
+                   N_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+                   PDL: tl.constexpr):
     h, sp = tl.program_id(0), tl.program_id(1)
-    n = tl.load(pos_ptr)                          # cached keys 0..n-1; key n comes in q's step
+    n = tl.load(pos_ptr)                          # cached keys 0..n-1; key n is the new one
     start, end = _split_bounds(n, sp, N_SPLIT, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
     dmask = d < HD
-    head = (h // G) * HD + d
+    kvh = h // G
+    head = kvh * HD + d
     s = start + tl.arange(0, BLOCK_S)
     offs = s.to(tl.int64)[:, None] * s_c + head[None, :]
     mask2 = (s < end)[:, None] & dmask[None, :]
@@ -71,45 +77,35 @@ def _decode_split_kernel(part_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, qk_scale, s_q
         l = l * alpha + tl.sum(p, axis=0)
         m = m_new
         k, v = k_next, v_next
+    head_parts = part_ptr + h * N_SPLIT * (BLOCK_D + 2)
     if start < end:                               # the merge skips empty splits
-        base = part_ptr + (h * N_SPLIT + sp) * (BLOCK_D + 2)
-        tl.store(base + d, acc)
-        tl.store(base + BLOCK_D, m)
-        tl.store(base + BLOCK_D + 1, l)
-
-
-@triton.jit
-def _decode_merge_kernel(out_ptr, part_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr,
-                         qk_scale, s_qh, s_kh, s_oh, s_c,
-                         G: tl.constexpr, HD: tl.constexpr, N_SPLIT: tl.constexpr,
-                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
-    pdl_start(PDL)
-    h = tl.program_id(0)
-    n = tl.load(pos_ptr)
-    d = tl.arange(0, BLOCK_D)
-    dmask = d < HD
-    kvh = h // G
-    q = tl.load(q_ptr + h * s_qh + d, mask=dmask, other=0.0).to(tl.float32) * qk_scale
-    k_new = tl.load(k_ptr + kvh * s_kh + d, mask=dmask, other=0.0)
-    v_new = tl.load(v_ptr + kvh * s_kh + d, mask=dmask, other=0.0)
-    s_new = tl.sum(q * k_new.to(tl.float32), axis=0)
-    sp = tl.arange(0, N_SPLIT)
-    start, end = _split_bounds(n, sp, N_SPLIT, BLOCK_S)
-    used = start < end
-    base = part_ptr + (h * N_SPLIT + sp) * (BLOCK_D + 2)
-    m = tl.load(base + BLOCK_D, mask=used, other=float("-inf"))
-    l = tl.load(base + BLOCK_D + 1, mask=used, other=0.0)
-    acc = tl.load(base[:, None] + d[None, :], mask=used[:, None], other=0.0)
-    top = tl.maximum(tl.max(m, axis=0), s_new)
-    w = tl.where(used, tl.exp2(m - top), 0.0)
-    w_new = tl.exp2(s_new - top)
-    total = tl.sum(l * w, axis=0) + w_new
-    o = (tl.sum(acc * w[:, None], axis=0) + w_new * v_new.to(tl.float32)) / total
-    tl.store(out_ptr + h * s_oh + d, o.to(out_ptr.dtype.element_ty), mask=dmask)
-    if h % G == 0:                                # one program per kv head fills cache row n
-        row = n.to(tl.int64) * s_c + kvh * HD + d
-        tl.store(kc_ptr + row, k_new.to(kc_ptr.dtype.element_ty), mask=dmask)
-        tl.store(vc_ptr + row, v_new.to(vc_ptr.dtype.element_ty), mask=dmask)
+        tl.store(head_parts + sp * (BLOCK_D + 2) + d, acc)
+        tl.store(head_parts + sp * (BLOCK_D + 2) + BLOCK_D, m)
+        tl.store(head_parts + sp * (BLOCK_D + 2) + BLOCK_D + 1, l)
+    tl.debug_barrier()                            # every thread's stores before the release
+    if tl.atomic_add(cnt_ptr + h, 1, sem="acq_rel") == N_SPLIT - 1:
+        k_new = tl.load(k_ptr + kvh * s_kh + d, mask=dmask, other=0.0)
+        v_new = tl.load(v_ptr + kvh * s_kh + d, mask=dmask, other=0.0)
+        s_new = tl.sum(q * k_new.to(tl.float32), axis=0)
+        sps = tl.arange(0, N_SPLIT)
+        starts, ends = _split_bounds(n, sps, N_SPLIT, BLOCK_S)
+        used = starts < ends
+        base = head_parts + sps * (BLOCK_D + 2)   # other programs' results: skip L1
+        ms = tl.load(base + BLOCK_D, mask=used, other=float("-inf"), cache_modifier=".cg")
+        ls = tl.load(base + BLOCK_D + 1, mask=used, other=0.0, cache_modifier=".cg")
+        accs = tl.load(base[:, None] + d[None, :], mask=used[:, None], other=0.0,
+                       cache_modifier=".cg")
+        top = tl.maximum(tl.max(ms, axis=0), s_new)
+        w = tl.where(used, tl.exp2(ms - top), 0.0)
+        w_new = tl.exp2(s_new - top)
+        total = tl.sum(ls * w, axis=0) + w_new
+        o = (tl.sum(accs * w[:, None], axis=0) + w_new * v_new.to(tl.float32)) / total
+        tl.store(out_ptr + h * s_oh + d, o.to(out_ptr.dtype.element_ty), mask=dmask)
+        if h % G == 0:                            # one program per kv head fills cache row n
+            row = n.to(tl.int64) * s_c + head
+            tl.store(kc_ptr + row, k_new.to(kc_ptr.dtype.element_ty), mask=dmask)
+            tl.store(vc_ptr + row, v_new.to(vc_ptr.dtype.element_ty), mask=dmask)
+        tl.store(cnt_ptr + h, 0)                  # ready for the next step
 
 
 @triton.jit
@@ -193,12 +189,9 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     if T == 1:
         block_s = 16 if interpreting() else 32
         n_split = _n_split(q.device, H, S, block_s)
-        part = _partials(q.device, H, n_split, block_d)
-        _decode_split_kernel[(H, n_split)](
-            part, q, k_cache, v_cache, pos, qk_scale, q.stride(1), s_c, G=G, HD=hd,
-            N_SPLIT=n_split, BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4, **pdl)
-        _decode_merge_kernel[(H,)](
-            out, part, q, k, v, k_cache, v_cache, pos, qk_scale, q.stride(1), k.stride(1),
+        part, cnt = _workspace(q.device, H, n_split, block_d)
+        _decode_kernel[(H, n_split)](
+            out, part, cnt, q, k, v, k_cache, v_cache, pos, qk_scale, q.stride(1), k.stride(1),
             out.stride(1), s_c, G=G, HD=hd, N_SPLIT=n_split, BLOCK_S=block_s, BLOCK_D=block_d,
             num_warps=4, **pdl)
         return
