@@ -13,7 +13,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="checkpoint path (llama2.c .bin, .gguf, Hugging Face dir) or model "
                         "alias; default: the demo model smollm2-135m-instruct")
     p.add_argument("--tokenizer", help="tokenizer.model / tokenizer.bin / tokenizer.json")
-    p.add_argument("--device", default="auto", help="cpu:numpy, cuda:triton, cuda:cupy, "
+    p.add_argument("--device", default="auto", help="cpu:numpy, cuda:triton, "
                    "cuda, cuda:triton:1, auto (default); see `polyllama devices`")
     p.add_argument("--dtype", help="compute dtype: bf16, fp16, fp32 (default: the device's)")
     p.add_argument("-c", "--ctx-size", type=int, help="context length (default: the "
@@ -37,7 +37,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="polyllama", description="LLaMA inference on pluggable "
-                                 "backends (cpu:numpy, cuda:triton, cuda:cupy, ...)")
+                                 "backends (cpu:numpy, cuda:triton, ...)")
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="generate text from a prompt (streams to stdout)")
     _model_args(run)

@@ -36,7 +36,7 @@ Optional ops (the executor composes them from required ops when a backend lacks 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 REQUIRED_OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add",
                 "argmax")
@@ -60,16 +60,6 @@ class Weight:
     parts: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def nbytes(self) -> int:
-        return sum(_nbytes(p) for p in self.parts.values())
-
-
-def _nbytes(native) -> int:
-    n = getattr(native, "nbytes", None)
-    if n is None:                                     # torch tensors
-        n = native.numel() * native.element_size()
-    return int(n)
-
 
 @dataclass(frozen=True)
 class KernelKey:
@@ -80,5 +70,3 @@ class KernelKey:
     def __str__(self) -> str:
         return f"(backend={self.backend!r}, op={self.op!r}, weight format={self.fmt!r})"
 
-
-KernelFn = Callable[..., None]

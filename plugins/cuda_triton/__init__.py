@@ -7,7 +7,8 @@ PKG = "polyllama.plugins.cuda_triton"
 KERNELS = {
     "embedding": "kernels", "rmsnorm": "kernels", "rope": "kernels", "silu_mul": "kernels",
     "add": "kernels", "argmax": "kernels", "attention": "attention", "linear": "linear",
-    "rmsnorm_linear": "linear", "linear_add": "linear", "sample": "sampling",
+    "rmsnorm_linear": "linear", "linear_add": "linear", "rmsnorm_swiglu": "linear",
+    "sample": "sampling",
 }
 FIX = "pip install 'polyllama[cuda-triton]'"
 

@@ -1,12 +1,13 @@
-"""linear, rmsnorm_linear and linear_add: out = [residual +] norm?(x) @ W^T.
+"""linear, rmsnorm_linear, linear_add and rmsnorm_swiglu: out = [residual +] norm?(x) @ W^T
+(rmsnorm_swiglu: silu(gate) * up of the two halves of that product).
 
 One token (decode) streams W once through a GEMV whose programs each own a few rows: it is
 bound by memory bandwidth, so each program keeps two weight tiles in flight, the first one
 issued before it waits for the previous kernel (PDL). The RMSNorm of the input is fused
-(x * weight, the row's inverse RMS applied to the sum) and so is the residual add.
-More tokens (prefill) go through a tiled tl.dot GEMM; there the RMSNorm runs first into a
-scratch buffer, since scaling the tiles in registers would keep them off the pipelined
-shared-memory path of the tensor cores.
+(x * weight, the row's inverse RMS applied to the sum), so are the residual add and the
+SwiGLU (a program owns matching gate and up rows). More tokens (prefill) go through a tiled
+tl.dot GEMM; there the RMSNorm runs first into a scratch buffer, since scaling the tiles in
+registers would keep them off the pipelined shared-memory path of the tensor cores.
 """
 from __future__ import annotations
 
@@ -16,20 +17,25 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .device import interpreting, pdl_enabled
-from .kernels import pdl_start, rmsnorm
+from .kernels import rmsnorm, silu_mul
 
-_scratch: dict = {}       # prefill RMSNorm output per (device, dtype); grows, never in a graph
+_scratch: dict = {}       # prefill intermediates (see _scratch_for)
 
 
 @triton.jit
 def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
-                 NORM: tl.constexpr, ADD: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                 NORM: tl.constexpr, ADD: tl.constexpr, SWIGLU: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    """SWIGLU: W holds 2N rows (gate, then up); out = silu(gate) * up, N wide."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + rows.to(tl.int64)[:, None] * s_w
+    u_rows = w_rows + N.to(tl.int64) * s_w
     rmask = rows[:, None] < N
     w = tl.load(w_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0)
+    if SWIGLU:
+        u = tl.load(u_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0)
+        acc_u = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     if PDL:                              # weights depend on no kernel: the first tile is in flight
         gdc_launch_dependents()
         gdc_wait()
@@ -38,16 +44,28 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
         nxt = k + BLOCK_K                # the next tile loads while this one is summed
-        w_next = tl.load(w_rows + nxt[None, :], mask=rmask & (nxt[None, :] < K), other=0.0)
+        nmask = rmask & (nxt[None, :] < K)
+        w_next = tl.load(w_rows + nxt[None, :], mask=nmask, other=0.0)
+        if SWIGLU:
+            u_next = tl.load(u_rows + nxt[None, :], mask=nmask, other=0.0)
         x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
         if NORM:
             ss += x * x
             x = x * tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
         acc += w.to(tl.float32) * x[None, :]
         w = w_next
+        if SWIGLU:
+            acc_u += u.to(tl.float32) * x[None, :]
+            u = u_next
     y = tl.sum(acc, axis=1)
     if NORM:
-        y = y * tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
+        inv = tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
+        y = y * inv
+    if SWIGLU:
+        y_u = tl.sum(acc_u, axis=1)
+        if NORM:
+            y_u = y_u * inv
+        y = y * tl.sigmoid(y) * y_u
     if ADD:
         y += tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
     tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
@@ -57,8 +75,8 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
 def _gemm_kernel(out_ptr, x_ptr, w_ptr, r_ptr, M, N, K, s_out, s_x, s_w, s_r,
                  ADD: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, PDL: tl.constexpr):
-    pdl_start(PDL)
+                 GROUP_M: tl.constexpr):
+    """Launched without PDL: its resident blocks would hold shared memory while waiting."""
     pid = tl.program_id(0)                           # grouped order: neighbours share W tiles
     n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * n_n)
@@ -111,41 +129,48 @@ def _gemm_config(M, N, fp32):
     return 64, 64, 64, 4, 4
 
 
-def _normed(x, g, eps):
-    """rmsnorm(x) into a scratch buffer kept for the next prefill."""
-    key = (x.device, x.dtype)
+def _scratch_for(name, shape, like):
+    """A scratch tensor for prefill, kept (and grown) for the next one; decode never uses it."""
+    key = (name, like.device, like.dtype)
+    numel = shape[0] * shape[1]
     buf = _scratch.get(key)
-    if buf is None or buf.numel() < x.numel():
-        buf = _scratch[key] = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
-    out = buf[:x.numel()].view(x.shape)
-    rmsnorm(out, x, g, eps)
-    return out
+    if buf is None or buf.numel() < numel:
+        buf = _scratch[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf[:numel].view(shape)
 
 
-def _run(out, x, w, g=None, eps=0.0, residual=None):
+def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False):
     W = w.parts["w"]
     M, K = x.shape
-    N = W.shape[0]
+    N = W.shape[0] // 2 if swiglu else W.shape[0]
     assert x.stride(1) == 1 and W.stride(1) == 1 and out.stride(1) == 1, "rows must be dense"
     pdl = pdl_enabled(out.device)
     add = residual is not None
     residual = residual if add else out
     if M == 1:
-        bn, bk, warps = _gemv_config(N, K)
+        bn, bk, warps = _gemv_config(W.shape[0], K)
+        bn = max(1, bn // 2) if swiglu else bn           # gate and up rows: the same bytes
         _gemv_kernel[(triton.cdiv(N, bn),)](
             out, x, W, x if g is None else g, residual, N, K, W.stride(0), float(eps),
-            NORM=g is not None, ADD=add, BLOCK_N=bn, BLOCK_K=bk, PDL=pdl, num_warps=warps,
-            launch_pdl=pdl)
+            NORM=g is not None, ADD=add, SWIGLU=swiglu, BLOCK_N=bn, BLOCK_K=bk, PDL=pdl,
+            num_warps=warps, launch_pdl=pdl)
         return
     if g is not None:
-        x = _normed(x, g, eps)
+        h = _scratch_for("normed", x.shape, x)
+        rmsnorm(h, x, g, eps)
+        x = h
+    if swiglu:
+        gu = _scratch_for("gate_up", (M, 2 * N), out)
+        _run(gu, x, w)
+        silu_mul(out, gu[:, :N], gu[:, N:])
+        return
     fp32 = W.element_size() == 4
     bm, bn, bk, warps, stages = _gemm_config(M, N, fp32)
     _gemm_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
         out, x, W, residual, M, N, K, out.stride(0), x.stride(0), W.stride(0),
         residual.stride(0), ADD=add, PRECISION="ieee" if fp32 else "tf32",
-        DOT_F32=interpreting(), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, PDL=pdl,
-        num_warps=warps, num_stages=stages, launch_pdl=pdl)
+        DOT_F32=interpreting(), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
+        num_warps=warps, num_stages=stages)
 
 
 def linear(out, x, w):
@@ -158,3 +183,7 @@ def rmsnorm_linear(out, x, weight, eps, w):
 
 def linear_add(out, x, w, residual):
     _run(out, x, w, residual=residual)
+
+
+def rmsnorm_swiglu(out, x, weight, eps, w):
+    _run(out, x, w, g=weight, eps=eps, swiglu=True)
