@@ -18,6 +18,7 @@ from .device import interpreting, pdl_enabled
 from .kernels import pdl_start
 
 LOG2E = 1.4426950408889634
+SPLIT_PER_SM = 1
 _workspaces: dict = {}      # per (device, shape); never freed, so graphs may hold them
 
 
@@ -138,7 +139,7 @@ def _prefill_kernel(out_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, T, qk_scale, s_qt, 
     dmask = d < HD
     q = tl.load(q_ptr + t[:, None] * s_qt + h * s_qh + d[None, :],
                 mask=(t[:, None] < T) & dmask[None, :], other=0.0)
-    if DOT_F32:
+    if DOT_F32:                  # the interpreter multiplies bf16 bit patterns, not values
         q = q.to(tl.float32)
     head = (h // G) * HD + d
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -167,12 +168,13 @@ def _prefill_kernel(out_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, T, qk_scale, s_qt, 
 
 
 def _n_split(device, H, S, block_s):
-    """Enough (head, split) programs to cover the GPU a few times over."""
+    """About SPLIT_PER_SM (head, split) programs per multiprocessor: one wave, leaving room
+    for the next GEMV's programs to stream their weights meanwhile (PDL)."""
     if device.type == "cpu":
         sms = 4
     else:
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = triton.next_power_of_2(triton.cdiv(4 * sms, H))
+    want = triton.next_power_of_2(triton.cdiv(SPLIT_PER_SM * sms, H))
     return max(1, min(want, triton.next_power_of_2(triton.cdiv(S, block_s)), 64))
 
 
@@ -208,6 +210,6 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     _prefill_kernel[(triton.cdiv(T, bm), H)](
         out, q, k_cache, v_cache, pos, T, qk_scale, q.stride(0), q.stride(1), out.stride(0),
         out.stride(1), s_c, G=G, HD=hd, PRECISION="ieee" if fp32 else "tf32",
-        DOT_F32=interpreting(),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages, **pdl)
+        DOT_F32=interpreting(), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps,
+        num_stages=stages, **pdl)
 

@@ -20,13 +20,16 @@ from .device import interpreting, pdl_enabled
 from .kernels import rmsnorm, silu_mul
 
 _scratch: dict = {}       # prefill intermediates (see _scratch_for)
+ONE_TILE_K = 4096
 
 
 @triton.jit
 def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
                  NORM: tl.constexpr, ADD: tl.constexpr, SWIGLU: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-    """SWIGLU: W holds 2N rows (gate, then up); out = silu(gate) * up, N wide."""
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
+                 PDL: tl.constexpr):
+    """SWIGLU: W holds 2N rows (gate, then up); out = silu(gate) * up, N wide.
+    ONE_TILE (K <= BLOCK_K): the program's whole weight block loads before the PDL wait."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + rows.to(tl.int64)[:, None] * s_w
@@ -35,28 +38,37 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
     w = tl.load(w_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0)
     if SWIGLU:
         u = tl.load(u_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0)
-        acc_u = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    if PDL:                              # weights depend on no kernel: the first tile is in flight
+    if PDL:                         # weights depend on no kernel: they stream while it drains
         gdc_launch_dependents()
         gdc_wait()
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    ss = tl.zeros([BLOCK_K], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + cols
-        nxt = k + BLOCK_K                # the next tile loads while this one is summed
-        nmask = rmask & (nxt[None, :] < K)
-        w_next = tl.load(w_rows + nxt[None, :], mask=nmask, other=0.0)
-        if SWIGLU:
-            u_next = tl.load(u_rows + nxt[None, :], mask=nmask, other=0.0)
-        x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+    if ONE_TILE:
+        x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+        ss = x * x
         if NORM:
-            ss += x * x
-            x = x * tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
-        acc += w.to(tl.float32) * x[None, :]
-        w = w_next
+            x = x * tl.load(g_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+        acc = w.to(tl.float32) * x[None, :]
         if SWIGLU:
-            acc_u += u.to(tl.float32) * x[None, :]
-            u = u_next
+            acc_u = u.to(tl.float32) * x[None, :]
+    else:
+        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        acc_u = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        ss = tl.zeros([BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + cols
+            nxt = k + BLOCK_K           # the next tile loads while this one is summed
+            nmask = rmask & (nxt[None, :] < K)
+            w_next = tl.load(w_rows + nxt[None, :], mask=nmask, other=0.0)
+            if SWIGLU:
+                u_next = tl.load(u_rows + nxt[None, :], mask=nmask, other=0.0)
+            x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            if NORM:
+                ss += x * x
+                x = x * tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            acc += w.to(tl.float32) * x[None, :]
+            w = w_next
+            if SWIGLU:
+                acc_u += u.to(tl.float32) * x[None, :]
+                u = u_next
     y = tl.sum(acc, axis=1)
     if NORM:
         inv = tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
@@ -106,16 +118,16 @@ def _gemm_kernel(out_ptr, x_ptr, w_ptr, r_ptr, M, N, K, s_out, s_x, s_w, s_r,
 
 
 def _gemv_config(N, K):
-    """(BLOCK_N, BLOCK_K, num_warps) for one token, from a sweep of the Llama shapes."""
+    """(BLOCK_N, BLOCK_K, num_warps) for one token, from a sweep of the Llama shapes. Rows up
+    to ONE_TILE_K wide load whole, so the next GEMV can stream them during the kernels
+    before it."""
     if interpreting():
         return 16, min(128, triton.next_power_of_2(K)), 4
+    if K <= ONE_TILE_K:
+        return 2, triton.next_power_of_2(K), 4
     if N * K >= 1 << 26:
-        bn, bk = 2, 2048
-    elif N * K >= 1 << 23:
-        bn, bk = 4, 1024
-    else:
-        bn, bk = 2, 1024
-    return bn, min(bk, triton.next_power_of_2(K)), 4
+        return 2, 2048, 4
+    return 4, 1024, 4
 
 
 def _gemm_config(M, N, fp32):
@@ -152,8 +164,8 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False):
         bn = max(1, bn // 2) if swiglu else bn           # gate and up rows: the same bytes
         _gemv_kernel[(triton.cdiv(N, bn),)](
             out, x, W, x if g is None else g, residual, N, K, W.stride(0), float(eps),
-            NORM=g is not None, ADD=add, SWIGLU=swiglu, BLOCK_N=bn, BLOCK_K=bk, PDL=pdl,
-            num_warps=warps, launch_pdl=pdl)
+            NORM=g is not None, ADD=add, SWIGLU=swiglu, BLOCK_N=bn, BLOCK_K=bk,
+            ONE_TILE=K <= bk, PDL=pdl, num_warps=warps, launch_pdl=pdl)
         return
     if g is not None:
         h = _scratch_for("normed", x.shape, x)
