@@ -82,6 +82,7 @@ def _flops_per_prefill(c: LlamaConfig, T: int) -> float:
 def run_bench(shape: str | LlamaConfig, device: str = "auto", dtype: str | None = None,
               prompt_len: int = 512, gen: int = 128, repeats: int = 3, ctx: int | None = None,
               quant: str | None = None, seed: int = 0, log=print) -> BenchResult:
+    from .generate import SamplingParams, TokenLoop
     from .model import Model
     from .registry import get_device
 
@@ -108,19 +109,13 @@ def run_bench(shape: str | LlamaConfig, device: str = "auto", dtype: str | None 
         return time.perf_counter() - t0
 
     def decode() -> tuple[float, list]:
-        tokens = [model.pick_on_device("argmax")]
-        dev.synchronize()
-        t0 = time.perf_counter()
-        for i in range(gen):
-            model.decode(prompt_len + i, pick="argmax")
-            tokens.append(model.read_token())
-        dev.synchronize()
-        return time.perf_counter() - t0, tokens
+        """gen tokens after a prefill through the engine's own token loop (greedy)."""
+        loop = TokenLoop(model, SamplingParams(temperature=0))
+        toks = list(loop.run(prompt, gen + 1))
+        return loop.stats.decode_s, toks
 
     prefill()                                  # warm-up: compiles, captures the decode graph
-    model.pick_on_device("argmax")
-    for i in range(min(gen, 3)):
-        model.decode(prompt_len + i, pick="argmax")
+    decode()
     prefill_s, decode_s, tokens = [], [], []
     for _ in range(repeats):
         prefill_s.append(prefill())

@@ -120,6 +120,7 @@ class Device(ABC):
     backend_id: str = ""
     default_dtype: str = "float32"        # the compute dtype used when the user names none
     supported_dtypes: tuple[str, ...] = ("float32",)
+    asynchronous: bool = False            # kernels are queued: the host may run a step ahead
 
     def __init__(self, spec: DeviceSpec, index: int):
         self.spec, self.index = spec, index
@@ -138,6 +139,13 @@ class Device(ABC):
     def memory(self) -> dict:
         """{'used': bytes, 'total': bytes, 'peak': bytes} where known, else {}."""
         return {}
+
+    def read_async(self, tensor):
+        """Start copying a small tensor to the host; the returned callable waits for the copy
+        and returns it as numpy. An asynchronous device lets the host queue the next decode
+        step before it reads this step's token. The default copies at once."""
+        value = tensor.numpy()
+        return lambda: value
 
     def decode_runner(self, step):
         """Wrap a decode step (a no-argument callable) for fast replay, e.g. a CUDA graph.

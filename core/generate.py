@@ -62,7 +62,7 @@ class GenStats:
     prefill_tokens: int = 0          # prompt tokens actually computed (cache reuse skips some)
     generated: int = 0
     prefill_s: float = 0.0
-    decode_s: float = 0.0
+    decode_s: float = 0.0            # wall time from the first generated token to the last
     finish_reason: str = ""
 
     @property
@@ -105,6 +105,11 @@ class TokenLoop:
         token = self._pick(mode, rng, history)
         st.prefill_s = time.perf_counter() - t0
         pos = len(prompt_ids)
+        # on an asynchronous device the next step is queued before this step's token is read,
+        # so the device never waits for the host; a step queued past a stop is simply unused
+        ahead = mode != "logits" and m.device.asynchronous
+        pending = None
+        t_first = time.perf_counter()
         while True:
             st.generated += 1
             history.append(token)
@@ -118,17 +123,25 @@ class TokenLoop:
             if pos + 1 > m.ctx:
                 st.finish_reason = "context"
                 break
-            t0 = time.perf_counter()
-            if mode == "sample":
-                m.set_uniform(rng.random())
             if mode == "logits":
                 m.decode(pos, token=token, pick="logits")
                 token = self._host_pick(rng, history)
             else:                          # the picked id is already in the device buffer
-                m.decode(pos, pick=mode)
-                token = m.read_token()
+                pending = pending or self._launch(mode, rng, pos)
+                following = None
+                if ahead and st.generated + 1 < max_new and pos + 2 <= m.ctx:
+                    following = self._launch(mode, rng, pos + 1)
+                token = int(pending()[0])
+                pending = following
             self.fed = pos = pos + 1
-            st.decode_s += time.perf_counter() - t0
+            st.decode_s = time.perf_counter() - t_first
+
+    def _launch(self, mode, rng, pos):
+        """Queue the decode step at pos; returns a callable giving the id it picks."""
+        if mode == "sample":
+            self.model.set_uniform(rng.random())
+        self.model.decode(pos, pick=mode)
+        return self.model.device.read_async(self.model.decode_ws.ids)
 
     def _mode(self) -> str:
         p = self.params

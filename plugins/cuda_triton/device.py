@@ -18,6 +18,9 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
                 "uint8": torch.uint8}
 
 
+SMALL_COPY = 1 << 16        # host->device copies up to this size are queued asynchronously
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -47,7 +50,13 @@ class TritonAllocator(Allocator):
             src = torch.from_numpy(host.view(np.int16)).view(torch.bfloat16)
         else:
             src = torch.from_numpy(host)
-        native.copy_(src.reshape(native.shape))
+        src = src.reshape(native.shape)
+        if native.is_cuda and host.nbytes <= SMALL_COPY:
+            # queued behind earlier work instead of waiting for it (a position, a token id);
+            # torch's pinned-memory cache keeps the staging block until the copy has run
+            native.copy_(src.pin_memory(), non_blocking=True)
+        else:
+            native.copy_(src)
 
     def _copyout(self, native, dtype):
         t = native.detach()
@@ -73,6 +82,7 @@ class TritonDevice(Device):
             self.torch_device = torch.device("cuda", index)
             torch.cuda.set_device(self.torch_device)
         super().__init__(spec, index)
+        self.asynchronous = self.torch_device.type == "cuda"
 
     def make_allocator(self):
         return TritonAllocator(self.torch_device)
@@ -92,6 +102,19 @@ class TritonDevice(Device):
         _, total = torch.cuda.mem_get_info(self.torch_device)
         return {"used": torch.cuda.memory_allocated(self.torch_device), "total": total,
                 "peak": torch.cuda.max_memory_allocated(self.torch_device)}
+
+    def read_async(self, tensor):
+        if not self.asynchronous:
+            return super().read_async(tensor)
+        host = torch.empty(tensor.shape, dtype=tensor.native.dtype, pin_memory=True)
+        host.copy_(tensor.native, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def result():
+            done.synchronize()
+            return host.numpy()
+        return result
 
     def decode_runner(self, step):
         """The first call runs the step eagerly (compiling every kernel and allocating kernel
