@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -35,6 +36,16 @@ def pdl_enabled(device: torch.device) -> bool:
             and os.environ.get("POLYLLAMA_NO_PDL", "0") == "0")
 
 
+def _tensor(host: np.ndarray) -> torch.Tensor:
+    """A CPU tensor sharing host's memory; read-only (memory-mapped) weights are only ever
+    read from, so torch's warning about them is moot."""
+    if host.flags.writeable:
+        return torch.from_numpy(host)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(host)
+
+
 class TritonAllocator(Allocator):
     def __init__(self, device: torch.device):
         self.device = device
@@ -46,10 +57,10 @@ class TritonAllocator(Allocator):
             raise MemoryError(str(e).split("\n")[0]) from e
 
     def _copyin(self, native, host):
-        if host.dtype.name == "bfloat16":           # ml_dtypes bf16: move the raw bits
-            src = torch.from_numpy(host.view(np.int16)).view(torch.bfloat16)
-        else:
-            src = torch.from_numpy(host)
+        bf16 = host.dtype.name == "bfloat16"        # ml_dtypes bf16: move the raw bits
+        src = _tensor(host.view(np.int16) if bf16 else host)
+        if bf16:
+            src = src.view(torch.bfloat16)
         src = src.reshape(native.shape)
         if native.is_cuda and host.nbytes <= SMALL_COPY:
             # queued behind earlier work instead of waiting for it (a position, a token id);
