@@ -118,7 +118,7 @@ class Model:
         self.scale = 1.0 / float(np.sqrt(c.hd))
         self.kv_bytes = kv.buffer.nbytes
         self.pos = device.empty((1,), "int32")
-        self.logits = device.empty((1, c.vocab_size), "float32" if dtype == "float32" else dtype)
+        self.logits = device.empty((1, c.vocab_size), dtype)
         self.decode_ws = Workspace(device, c, 1, dtype)
         self._decode = self.decode_ws.views(1)
         self._prefill_ws = None
@@ -155,9 +155,8 @@ class Model:
             if len(mats) > 1:
                 mats = [np.concatenate([_dense(m) for m in mats], axis=0)]
             parts, meta = self.pack(mats[0])
-            w = Weight(self.fmt, tuple(mats[0].shape),
-                       {k: self._upload(v, v.dtype.name) for k, v in parts.items()}, meta)
-            return w
+            return Weight(self.fmt, tuple(mats[0].shape),
+                          {k: self._upload(v, v.dtype.name) for k, v in parts.items()}, meta)
         host = _dense(mats[0]) if len(mats) == 1 else np.concatenate([_dense(m) for m in mats])
         return Weight(DENSE, tuple(host.shape), {"w": self._upload(host)})
 
