@@ -21,7 +21,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", help="quantize weights at load with a scheme, e.g. int8")
     p.add_argument("--no-graph", action="store_true",
                    help="run decode eagerly instead of replaying a captured graph (debugging)")
-    p.add_argument("-n", "--n-predict", type=int, default=256, help="tokens to generate")
+    p.add_argument("-n", "--n-predict", type=int, default=256,
+                   help="tokens to generate; -1 = until EOS or the context is full")
     p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy")
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -73,6 +74,9 @@ def parse_ids(text: str) -> list[int]:
 
 def _sampling(a):
     from .generate import SamplingParams
+    if a.n_predict < -1 or a.n_predict == 0:
+        raise UsageError(f"-n/--n-predict must be a positive number of tokens, or -1 for no "
+                         f"limit; got {a.n_predict}")
     return SamplingParams(temperature=a.temp, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
                           repeat_penalty=a.repeat_penalty, repeat_last_n=a.repeat_last_n,
                           seed=a.seed).validated()

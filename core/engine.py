@@ -50,6 +50,8 @@ class Generation:
 
     def __init__(self, llm: "LLM", prompt_ids, params, max_tokens, stop, stop_ids):
         self.llm, self.prompt_ids, self.params = llm, list(prompt_ids), params
+        if max_tokens is None or max_tokens < 0:          # no limit but the context
+            max_tokens = llm.model.ctx
         self.max_tokens, self.stop, self.stop_ids = max_tokens, list(stop), set(stop_ids)
         self.generated_ids: list[int] = []
         self.text = ""
@@ -202,10 +204,12 @@ class LLM:
         return ids
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompt: str | None = None, *, prompt_ids=None, max_tokens: int = 256,
+    def generate(self, prompt: str | None = None, *, prompt_ids=None,
+                 max_tokens: int | None = 256,
                  stop=(), ignore_eos: bool = False, params: SamplingParams | None = None,
                  **sampling) -> Generation:
         """A streaming generation: iterate it for text pieces, or call .run().
+        max_tokens None or negative: until a stop token or the context is full.
         Sampling keywords: temperature, top_k, top_p, min_p, repeat_penalty, seed."""
         params = (params or SamplingParams(**sampling)).validated()
         if prompt_ids is None:

@@ -86,7 +86,7 @@ class Model:
         if dtype not in device.supported_dtypes:
             raise DeviceError(f"{device.spec} does not compute in {dtype}; it supports "
                               f"{', '.join(device.supported_dtypes)}")
-        ctx = ctx or min(c.max_seq_len, 4096)
+        ctx = min(c.max_seq_len, 4096) if ctx is None else ctx
         if not 1 <= ctx <= 1 << 20:
             raise UsageError(f"context size {ctx} is out of range")
         self = cls(c, device, dtype, ctx)

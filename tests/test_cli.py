@@ -68,11 +68,21 @@ def test_generation_stops_at_eos_unless_ignored(capsys, hf, model_file):
     (["--prompt-ids", "1", "--device", "tpu"], "Known devices"),
     (["--prompt-ids", "1", "--temp", "-1"], "temperature"),
     (["-p", "hello"], "no tokenizer"),
+    (["--prompt-ids", "1", "-n", "-5"], "n-predict"),
+    (["--prompt-ids", "1", "-c", "0"], "context size 0"),
 ])
 def test_bad_input_is_a_clear_error(capsys, model_file, args, message):
     code, out, err = run_cli(capsys, "run", model_file, *args)
     assert code == 1
     assert message in err and "Traceback" not in err
+
+
+def test_no_token_limit_runs_to_the_end_of_the_context(capsys, model_file):
+    code, out, _ = run_cli(capsys, "run", model_file, "--prompt-ids", "1,5", "-n", "-1",
+                           "-c", "16", "--ignore-eos", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["finish_reason"] == "context"
+    assert len(result["generated_ids"]) == 16 - 2 + 1     # the last token needs no KV slot
 
 
 def test_truncated_checkpoint_fails_cleanly_without_traceback(model_file, tmp_path):
