@@ -15,12 +15,14 @@ CONFIGS = {
 
 
 def make_hf_model(name: str = "gqa-tied", seed: int = 0, max_pos: int = 256,
-                  rope_theta: float = 10000.0, eps: float = 1e-5):
-    """A random-weight LlamaForCausalLM in float32 eval mode, deterministic for a seed."""
+                  rope_theta: float = 10000.0, eps: float = 1e-5, vocab: int | None = None):
+    """A random-weight LlamaForCausalLM in float32 eval mode, deterministic for a seed
+    (vocab overrides the config's vocabulary size, e.g. to fit a tokenizer)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    dim, hidden, layers, heads, kv, vocab, tied = CONFIGS[name]
+    dim, hidden, layers, heads, kv, config_vocab, tied = CONFIGS[name]
+    vocab = vocab or config_vocab
     cfg = LlamaConfig(hidden_size=dim, intermediate_size=hidden, num_hidden_layers=layers,
                       num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
                       max_position_embeddings=max_pos, rms_norm_eps=eps, rope_theta=rope_theta,

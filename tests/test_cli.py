@@ -8,6 +8,7 @@ import pytest
 import formats
 import refmodel
 from polyllama.cli import main
+from test_tokenizer import sp_files  # noqa: F401  (a trained sentencepiece model)
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,29 @@ def test_devices_lists_every_backend(capsys):
     assert code == 0
     assert "cpu:numpy" in out and "smoke test passed" in out
     assert "cuda:triton" in out
+
+
+def test_text_prompt_with_the_tokenizer_beside_the_model(capsys, sp_files, tmp_path):  # noqa: F811
+    sp, spm, _ = sp_files
+    hf = refmodel.make_hf_model("mha-untied", seed=5, vocab=sp.get_piece_size())
+    (tmp_path / "tokenizer.model").write_bytes(spm.read_bytes())
+    formats.write_v0(tmp_path / "model.bin", refmodel.canonical_weights(hf), 4, 4, 128)
+    code, out, err = run_cli(capsys, "run", str(tmp_path / "model.bin"), "-p", "hello world",
+                             "-n", "24", "--temp", "0", "--ignore-eos", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["prompt_ids"] == [1] + sp.encode("hello world")
+    assert result["generated_ids"] == refmodel.hf_greedy(hf, result["prompt_ids"], 24)
+    # the streamed text is the byte stream of sentencepiece's pieces (a random model emits
+    # stray byte-fallback tokens, which sp.decode() would treat run by run; control tokens
+    # such as BOS show nothing)
+    pieces = [b"" if sp.is_control(i) else bytes([int(sp.id_to_piece(i)[3:5], 16)])
+              if sp.is_byte(i) else sp.id_to_piece(i).replace("\u2581", " ").encode()
+              for i in result["generated_ids"]]
+    assert result["text"] == b"".join(pieces).decode("utf-8", errors="replace")
+
+
+def test_tokenizer_of_another_model_is_refused(capsys, sp_files, model_file):  # noqa: F811
+    _, spm, _ = sp_files
+    code, _, err = run_cli(capsys, "run", model_file, "--tokenizer", str(spm), "-p", "hi")
+    assert code == 1 and "do not belong together" in err
