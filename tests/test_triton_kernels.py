@@ -1,10 +1,9 @@
 """cuda:triton kernels against core/reference.py on fresh random inputs, odd sizes included.
 
 With a GPU the kernels run compiled at larger sizes; without one they run on the CPU in
-Triton's interpreter (TRITON_INTERPRET=1, set here before the kernels are imported) at
+Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py before triton is imported) at
 small sizes. References take the inputs as stored in the compute dtype, in float64.
 """
-import os
 import zlib
 
 import numpy as np
@@ -14,9 +13,7 @@ import refmodel
 from polyllama import DeviceSpec, reference
 
 torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():        # before triton's import: it reads this when decorating
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-pytest.importorskip("triton")
+pytest.importorskip("triton")            # conftest sets TRITON_INTERPRET=1 when there is no GPU
 
 from polyllama.plugins.cuda_triton import attention as attn_mod          # noqa: E402
 from polyllama.plugins.cuda_triton import kernels, linear, sampling       # noqa: E402
