@@ -94,6 +94,15 @@ class Allocator(ABC):
                               f"{tensor.shape}")
         self._copyin(tensor.native, np.ascontiguousarray(host).reshape(tensor.shape))
 
+    def share(self, host: np.ndarray, dtype: str) -> Buffer | None:
+        """A Buffer over host's own memory, or None where the backend must copy."""
+        native = self._share(host, dtype)
+        return None if native is None else Buffer(self, native, dtype, host.size)
+
+    def _share(self, host: np.ndarray, dtype: str):
+        """host as a 1-D native array without copying, or None (the default: copy)."""
+        return None
+
     def copyout(self, native, dtype: str) -> np.ndarray:
         return self._copyout(native, dtype)
 
@@ -159,10 +168,18 @@ class Device(ABC):
         buf = self.allocator.alloc(prod(shape), dtype or self.default_dtype)
         return Tensor(buf, shape)
 
-    def upload(self, host, dtype: str | None = None):
+    def upload(self, host, dtype: str | None = None, share: bool = False):
+        """A device tensor holding host's values in dtype. share=True (read-only data the
+        caller never changes, such as weights) lets a backend that computes on host memory
+        keep host itself, so a memory-mapped checkpoint is neither copied nor read twice."""
         host = np.asarray(host)
         if dtype is None:
             dtype = host.dtype.name if host.dtype.kind in "iu" else self.default_dtype
+        if share:
+            buf = self.allocator.share(host, canonical_dtype(dtype))
+            if buf is not None:
+                from .tensor import Tensor
+                return Tensor(buf, host.shape)
         t = self.empty(host.shape, dtype)
         self.allocator.copyin(t, host)
         return t

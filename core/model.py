@@ -113,8 +113,8 @@ class Model:
                 w2=self._weight(ckpt, [p + "w2"]),
                 k_cache=_cache(kv, 0, i, ctx, c), v_cache=_cache(kv, 1, i, ctx, c)))
         cos, sin = reference.rope_tables(c.hd, ctx, c.rope_theta, c.rope_scaling)
-        self.cos = device.upload(cos, "float32").native
-        self.sin = device.upload(sin, "float32").native
+        self.cos = device.upload(cos, "float32", share=True).native
+        self.sin = device.upload(sin, "float32", share=True).native
         self.scale = 1.0 / float(np.sqrt(c.hd))
         self.kv_bytes = kv.buffer.nbytes
         self.pos = device.empty((1,), "int32")
@@ -144,7 +144,7 @@ class Model:
 
     def _upload(self, host, dtype=None):
         t = self.device.upload(np.asarray(host, dtype=np.float32) if dtype is None else host,
-                               dtype or self.dtype)
+                               dtype or self.dtype, share=True)
         self.weight_bytes += t.buffer.nbytes
         return t.native
 

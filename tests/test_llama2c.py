@@ -204,3 +204,13 @@ def test_whole_model_matches_transformers(tmp_path, ref, fmt):
     ckpt = load_llama2c(write(tmp_path / "model.bin", fmt, name, weights))
     hf = hf_with_file_weights(model, ckpt.tensors) if fmt in INT8 else model
     refmodel.assert_matches_transformers(ckpt, hf)
+
+
+def test_cpu_numpy_computes_on_the_mapped_file_without_copying(tmp_path, ref):
+    from polyllama import get_device
+    from polyllama.model import Model
+    name, _, weights = ref
+    ckpt = load_llama2c(write(tmp_path / "model.bin", "v1", name, weights))
+    model = Model.build(ckpt, get_device("cpu:numpy"))
+    assert np.shares_memory(model.layers[0].wo.parts["w"], ckpt.tensors["layers.0.wo"])
+    assert np.shares_memory(model.tok_embeddings, ckpt.tensors["tok_embeddings"])
