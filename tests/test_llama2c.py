@@ -210,7 +210,7 @@ def test_cpu_numpy_computes_on_the_mapped_file_without_copying(tmp_path, ref):
     from polyllama import get_device
     from polyllama.model import Model
     name, _, weights = ref
-    ckpt = load_llama2c(write(tmp_path / "model.bin", "v1", name, weights))
+    ckpt = load_llama2c(write(tmp_path / "model.bin", "llama2c-v1", name, weights))
     model = Model.build(ckpt, get_device("cpu:numpy"))
     assert np.shares_memory(model.layers[0].wo.parts["w"], ckpt.tensors["layers.0.wo"])
     assert np.shares_memory(model.tok_embeddings, ckpt.tensors["tok_embeddings"])
