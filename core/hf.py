@@ -184,6 +184,12 @@ def _tokenizer(path: str, cfg: dict, tok_config: dict):
     return tok
 
 
+def tokenizer_config(folder: str) -> dict:
+    """tokenizer_config.json of a model folder ({} when there is none)."""
+    path = os.path.join(folder, "tokenizer_config.json")
+    return _json(path, "tokenizer config") if os.path.isfile(path) else {}
+
+
 def load_hf_dir(path) -> Checkpoint:
     """A Hugging Face Llama directory as a Checkpoint."""
     path = str(path)
@@ -196,7 +202,6 @@ def load_hf_dir(path) -> Checkpoint:
     if "lm_head.weight" not in weights and not config.tie_embeddings:
         config = config.with_(tie_embeddings=True)       # saved without a separate head
     tensors = canonical_tensors(weights, config, path)
-    tok_path = os.path.join(path, "tokenizer_config.json")
-    tok_config = _json(tok_path, "tokenizer config") if os.path.isfile(tok_path) else {}
+    tok_config = tokenizer_config(path)
     return Checkpoint(config, tensors, "safetensors", path, _tokenizer(path, cfg, tok_config),
                       _chat_template(path, tok_config), meta={"hf_config": cfg}).validate()

@@ -248,13 +248,17 @@ def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
     if os.path.isdir(path):
         raise TokenizerError(f"{path} is a directory; pass its tokenizer.model or tokenizer.bin")
     if path.endswith(".json"):
+        from .hf import tokenizer_config
         from .hf_tokenizer import load_tokenizer_json
-        config = os.path.join(os.path.dirname(path), "tokenizer_config.json")
-        tokenizer = load_tokenizer_json(path, _read_json(config) if os.path.isfile(config)
-                                        else None)
-        if vocab_size is not None:
-            tokenizer.check_vocab(vocab_size)
-        return tokenizer
+        tokenizer = load_tokenizer_json(path, tokenizer_config(os.path.dirname(path)))
+    else:
+        tokenizer = _load_binary(path, vocab_size)
+    if vocab_size is not None:
+        tokenizer.check_vocab(vocab_size)
+    return tokenizer
+
+
+def _load_binary(path: str, vocab_size: int | None) -> Tokenizer:
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -263,22 +267,10 @@ def load_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
     if not data:
         raise TokenizerError(f"{path}: the tokenizer file is empty")
     try:
-        tokenizer = Llama2cTokenizer.from_bytes(data, path, vocab_size)
+        return Llama2cTokenizer.from_bytes(data, path, vocab_size)
     except TokenizerError as bin_error:
         try:
-            tokenizer = SentencePieceTokenizer(data, path)
+            return SentencePieceTokenizer(data, path)
         except TokenizerError:
             raise TokenizerError(f"{bin_error}; nor is it a sentencepiece model: pass the "
                                  "model's tokenizer.model or tokenizer.bin") from None
-    if vocab_size is not None:
-        tokenizer.check_vocab(vocab_size)
-    return tokenizer
-
-
-def _read_json(path: str) -> dict:
-    import json
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise TokenizerError(f"{path}: unreadable ({e})") from None

@@ -174,6 +174,19 @@ def test_add_bos_follows_config_or_post_processor(byte_level, tmp_path):
     assert tok.add_bos and tok.encode("hi") == [0] + with_bos.encode("hi").ids[1:]
 
 
+def test_tokenizer_json_given_by_path_reads_the_config_beside_it(byte_level, tmp_path):
+    from polyllama import TokenizerError
+    from polyllama.tokenizer import load_tokenizer
+    byte_level.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(
+        '{"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "add_bos_token": true}')
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    assert (tok.bos_id, tok.eos_id) == (0, 2)
+    assert tok.encode("hi") == [0] + byte_level.encode("hi").ids
+    with pytest.raises(TokenizerError, match="do not belong together"):
+        load_tokenizer(tmp_path / "tokenizer.json", vocab_size=tok.vocab_size + 1000)
+
+
 # ---------------------------------------------------------------- sentencepiece-style
 
 
