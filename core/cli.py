@@ -159,12 +159,11 @@ def cmd_devices(a) -> int:
     from .smoke import smoke_test
     reg = get_registry()
     print(f"{'device':<16} {'priority':>8}  {'plugin':<22} status")
-    prio = {b.spec: b.priority for b in reg.backends.values()}
-    for spec, version, reason in reg.device_table():
+    for spec, version, priority, reason in reg.device_table():
         status = "available" if reason is None else f"unavailable: {reason}"
         if reason is None:
             status += f"; smoke test {smoke_test(spec)}"
-        print(f"{spec:<16} {prio.get(spec, '-')!s:>8}  {version:<22} {status}")
+        print(f"{spec:<16} {'-' if priority is None else priority:>8}  {version:<22} {status}")
     return 0
 
 

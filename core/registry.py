@@ -166,15 +166,14 @@ class Registry:
     def has_kernel(self, backend: str, op: str, fmt: str = DENSE) -> bool:
         return KernelKey(backend, op, fmt) in self.kernels
 
-    def device_table(self) -> list[tuple[str, str, str | None]]:
-        """(spec, plugin version, None or why unavailable) for every known backend,
-        failed plugins included, best first."""
-        rows = [(b.spec, self.versions.get(b.plugin, "-"), b.unavailable_reason(), b.priority)
+    def device_table(self) -> list[tuple[str, str, int | None, str | None]]:
+        """(spec, plugin version, priority, None or why unavailable) for every known backend,
+        available ones first, then by priority; failed plugins last (priority None)."""
+        rows = [(b.spec, self.versions.get(b.plugin, "-"), b.priority, b.unavailable_reason())
                 for b in self.backends.values()]
-        rows.sort(key=lambda r: (r[2] is not None, -r[3], r[0]))
-        rows = [r[:3] for r in rows]
+        rows.sort(key=lambda r: (r[3] is not None, -r[2], r[0]))
         for name, err in sorted(self.failures.items()):
-            rows.append((name.replace("_", ":", 1), self.versions.get(name, "-"),
+            rows.append((name.replace("_", ":", 1), self.versions.get(name, "-"), None,
                          f"plugin failed to load: {err}"))
         return rows
 
@@ -205,7 +204,7 @@ class Registry:
 
     def describe_devices(self) -> str:
         lines = ["Known devices:"]
-        for spec, _, reason in self.device_table():
+        for spec, _, _, reason in self.device_table():
             lines.append(f"  {spec:<16} {'available' if reason is None else 'unavailable: ' + reason}")
         lines.append("  (also: auto = best available, cuda = best CUDA backend, "
                      "cuda:triton:1 = a GPU index)")

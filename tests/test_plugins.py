@@ -122,7 +122,7 @@ def test_plugin_whose_import_raises(install, caplog, capsys):
         reg = get_registry()
     assert "cpu_broken" in caplog.text and "frobnicate" in caplog.text
     assert "ModuleNotFoundError" in reg.failures["cpu_broken"]
-    rows = {spec: (version, reason) for spec, version, reason in reg.device_table()}
+    rows = {spec: (version, reason) for spec, version, _, reason in reg.device_table()}
     assert rows["cpu:alpha"] == ("polyllama-cpu_alpha 1.2.3", None)
     version, reason = rows["cpu:broken"]
     assert version == "polyllama-cpu_broken 1.2.3"
@@ -186,7 +186,7 @@ def test_probe_that_raises_is_reported_not_fatal(install):
         raise RuntimeError("driver exploded")
 
     install(cpu_alpha=backend_plugin("alpha"), cpu_flaky=backend_plugin("flaky", probe=probe))
-    rows = {spec: reason for spec, _, reason in get_registry().device_table()}
+    rows = {spec: reason for spec, _, _, reason in get_registry().device_table()}
     assert rows["cpu:flaky"] == "availability probe failed: RuntimeError: driver exploded"
     assert rows["cpu:alpha"] is None
 
