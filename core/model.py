@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import reference
-from .checkpoint import Checkpoint, QuantizedArray
+from .checkpoint import Checkpoint
 from .config import LlamaConfig
 from .device import Device, canonical_dtype
 from .errors import ContextLengthError, DeviceError, UsageError
@@ -149,16 +149,17 @@ class Model:
         return t.native
 
     def _weight(self, ckpt: Checkpoint, names: list[str]) -> Weight:
-        """Stack the named matrices by rows into one Weight of the model's format."""
-        mats = [ckpt.tensors[n] for n in names]
-        if self.pack is not None:
-            if len(mats) > 1:
-                mats = [np.concatenate([_dense(m) for m in mats], axis=0)]
-            parts, meta = self.pack(mats[0])
-            return Weight(self.fmt, tuple(mats[0].shape),
-                          {k: self._upload(v, v.dtype.name) for k, v in parts.items()}, meta)
-        host = _dense(mats[0]) if len(mats) == 1 else np.concatenate([_dense(m) for m in mats])
-        return Weight(DENSE, tuple(host.shape), {"w": self._upload(host)})
+        """Stack the named matrices by rows into one Weight of the model's format. A single
+        matrix reaches a quantization scheme as stored, so it may keep a file's own int8."""
+        if len(names) == 1:
+            host = ckpt.tensors[names[0]] if self.pack is not None else ckpt.dense(names[0])
+        else:
+            host = np.concatenate([ckpt.dense(n) for n in names])
+        if self.pack is None:
+            return Weight(DENSE, tuple(host.shape), {"w": self._upload(host)})
+        parts, meta = self.pack(host)
+        return Weight(self.fmt, tuple(host.shape),
+                      {k: self._upload(v, v.dtype.name) for k, v in parts.items()}, meta)
 
     # ------------------------------------------------------------------ forward
     def _step(self, a: SimpleNamespace) -> None:
@@ -279,6 +280,3 @@ def _cache(kv, which: int, layer: int, ctx: int, c: LlamaConfig):
     offset = kv.offset + (which * c.n_layers + layer) * size
     return Tensor(kv.buffer, (ctx, c.n_kv_heads, c.hd), None, offset).native
 
-
-def _dense(t) -> np.ndarray:
-    return t.dequantize() if isinstance(t, QuantizedArray) else np.asarray(t, dtype=np.float32)
