@@ -279,4 +279,3 @@ def _cache(kv, which: int, layer: int, ctx: int, c: LlamaConfig):
     size = ctx * c.n_kv_heads * c.hd
     offset = kv.offset + (which * c.n_layers + layer) * size
     return Tensor(kv.buffer, (ctx, c.n_kv_heads, c.hd), None, offset).native
-
