@@ -44,8 +44,6 @@ OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "rmsnorm_swiglu", "sample")
 ALL_OPS = REQUIRED_OPS + OPTIONAL_OPS
 
 DENSE = "dense"        # weight format of an unquantized matrix in the compute dtype
-# the ops dispatched per weight format
-WEIGHT_OPS = ("linear", "rmsnorm_linear", "linear_add", "rmsnorm_swiglu")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 
 One token (decode) streams W once through a GEMV whose programs each own a few rows: it is
 bound by memory bandwidth, so each program keeps two weight tiles in flight, the first one
-issued before it waits for the previous kernel (PDL). The RMSNorm of the input is fused
+issued before it waits for the previous kernel (PDL). Weights are read once per step, so
+their loads are marked evict-first: L2 keeps activations and the KV cache instead. The RMSNorm of the input is fused
 (x * weight, the row's inverse RMS applied to the sum), so are the residual add and the
 SwiGLU (a program owns matching gate and up rows). More tokens (prefill) go through a tiled
 tl.dot GEMM; there the RMSNorm runs first into a scratch buffer, since scaling the tiles in
@@ -27,7 +28,7 @@ ONE_TILE_K = 4096
 def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
                  NORM: tl.constexpr, ADD: tl.constexpr, SWIGLU: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
-                 PDL: tl.constexpr):
+                 EVICT: tl.constexpr, PDL: tl.constexpr):
     """SWIGLU: W holds 2N rows (gate, then up); out = silu(gate) * up, N wide.
     ONE_TILE (K <= BLOCK_K): the program's whole weight block loads before the PDL wait."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -35,9 +36,11 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
     w_rows = w_ptr + rows.to(tl.int64)[:, None] * s_w
     u_rows = w_rows + N.to(tl.int64) * s_w
     rmask = rows[:, None] < N
-    w = tl.load(w_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0)
+    w = tl.load(w_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0,
+                eviction_policy=EVICT)
     if SWIGLU:
-        u = tl.load(u_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0)
+        u = tl.load(u_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0,
+                    eviction_policy=EVICT)
     if PDL:                         # weights depend on no kernel: they stream while it drains
         gdc_launch_dependents()
         gdc_wait()
@@ -57,9 +60,11 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
             k = k0 + cols
             nxt = k + BLOCK_K           # the next tile loads while this one is summed
             nmask = rmask & (nxt[None, :] < K)
-            w_next = tl.load(w_rows + nxt[None, :], mask=nmask, other=0.0)
+            w_next = tl.load(w_rows + nxt[None, :], mask=nmask, other=0.0,
+                             eviction_policy=EVICT)
             if SWIGLU:
-                u_next = tl.load(u_rows + nxt[None, :], mask=nmask, other=0.0)
+                u_next = tl.load(u_rows + nxt[None, :], mask=nmask, other=0.0,
+                                 eviction_policy=EVICT)
             x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
             if NORM:
                 ss += x * x
@@ -165,7 +170,8 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False):
         _gemv_kernel[(triton.cdiv(N, bn),)](
             out, x, W, x if g is None else g, residual, N, K, W.stride(0), float(eps),
             NORM=g is not None, ADD=add, SWIGLU=swiglu, BLOCK_N=bn, BLOCK_K=bk,
-            ONE_TILE=K <= bk, PDL=pdl, num_warps=warps, launch_pdl=pdl)
+            ONE_TILE=K <= bk, EVICT="" if interpreting() else "evict_first", PDL=pdl,
+            num_warps=warps, launch_pdl=pdl)
         return
     if g is not None:
         h = _scratch_for("normed", x.shape, x)
