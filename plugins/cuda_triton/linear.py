@@ -3,12 +3,13 @@
 
 One token (decode) streams W once through a GEMV whose programs each own a few rows: it is
 bound by memory bandwidth, so each program keeps two weight tiles in flight, the first one
-issued before it waits for the previous kernel (PDL). Weights are read once per step, so
-their loads are marked evict-first: L2 keeps activations and the KV cache instead. The RMSNorm of the input is fused
-(x * weight, the row's inverse RMS applied to the sum), so are the residual add and the
-SwiGLU (a program owns matching gate and up rows). More tokens (prefill) go through a tiled
-tl.dot GEMM; there the RMSNorm runs first into a scratch buffer, since scaling the tiles in
-registers would keep them off the pipelined shared-memory path of the tensor cores.
+issued before it waits for the previous kernel (PDL); weights are read once per step, so
+their loads are marked evict-first (L2 keeps activations and the KV cache). The RMSNorm of
+the input is fused (x * weight, the row's inverse RMS applied to the sum), so are the
+residual add and the SwiGLU (a program owns matching gate and up rows). More tokens
+(prefill) go through a tiled tl.dot GEMM; there the RMSNorm runs first into a scratch
+buffer, since scaling the tiles in registers would keep them off the pipelined
+shared-memory path of the tensor cores.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ ONE_TILE_K = 4096
 def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
                  NORM: tl.constexpr, ADD: tl.constexpr, SWIGLU: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
-                 EVICT: tl.constexpr, PDL: tl.constexpr):
+                 PDL: tl.constexpr):
     """SWIGLU: W holds 2N rows (gate, then up); out = silu(gate) * up, N wide.
     ONE_TILE (K <= BLOCK_K): the program's whole weight block loads before the PDL wait."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -37,10 +38,10 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
     u_rows = w_rows + N.to(tl.int64) * s_w
     rmask = rows[:, None] < N
     w = tl.load(w_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0,
-                eviction_policy=EVICT)
+                eviction_policy="evict_first")
     if SWIGLU:
         u = tl.load(u_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0,
-                    eviction_policy=EVICT)
+                    eviction_policy="evict_first")
     if PDL:                         # weights depend on no kernel: they stream while it drains
         gdc_launch_dependents()
         gdc_wait()
@@ -61,10 +62,10 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
             nxt = k + BLOCK_K           # the next tile loads while this one is summed
             nmask = rmask & (nxt[None, :] < K)
             w_next = tl.load(w_rows + nxt[None, :], mask=nmask, other=0.0,
-                             eviction_policy=EVICT)
+                             eviction_policy="evict_first")
             if SWIGLU:
                 u_next = tl.load(u_rows + nxt[None, :], mask=nmask, other=0.0,
-                                 eviction_policy=EVICT)
+                                 eviction_policy="evict_first")
             x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
             if NORM:
                 ss += x * x
@@ -170,8 +171,7 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False):
         _gemv_kernel[(triton.cdiv(N, bn),)](
             out, x, W, x if g is None else g, residual, N, K, W.stride(0), float(eps),
             NORM=g is not None, ADD=add, SWIGLU=swiglu, BLOCK_N=bn, BLOCK_K=bk,
-            ONE_TILE=K <= bk, EVICT="" if interpreting() else "evict_first", PDL=pdl,
-            num_warps=warps, launch_pdl=pdl)
+            ONE_TILE=K <= bk, PDL=pdl, num_warps=warps, launch_pdl=pdl)
         return
     if g is not None:
         h = _scratch_for("normed", x.shape, x)
