@@ -18,8 +18,7 @@ def make_hf_model(name: str = "gqa-tied", seed: int = 0, max_pos: int = 256,
                   rope_theta: float = 10000.0, eps: float = 1e-5, vocab: int | None = None):
     """A random-weight LlamaForCausalLM in float32 eval mode, deterministic for a seed
     (vocab overrides the config's vocabulary size, e.g. to fit a tokenizer)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     dim, hidden, layers, heads, kv, config_vocab, tied = CONFIGS[name]
     vocab = vocab or config_vocab
@@ -28,11 +27,21 @@ def make_hf_model(name: str = "gqa-tied", seed: int = 0, max_pos: int = 256,
                       max_position_embeddings=max_pos, rms_norm_eps=eps, rope_theta=rope_theta,
                       tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2,
                       attn_implementation="eager")
+    return random_llama(cfg, seed)
+
+
+def random_llama(cfg, seed: int, scale: float = 0.2):
+    """LlamaForCausalLM(cfg) in float32 eval mode with seeded random weights: matrices
+    N(0, scale), norm weights 1 + N(0, 0.3); bigger than the default init, so logits are
+    sharper."""
+    import torch
+    from transformers import LlamaForCausalLM
+
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).float().eval()
-    with torch.no_grad():                      # bigger-than-default weights: sharper logits
+    with torch.no_grad():
         for p in model.parameters():
-            p.normal_(0.0, 0.2 if p.dim() > 1 else 0.3)
+            p.normal_(0.0, scale if p.dim() > 1 else 0.3)
             if p.dim() == 1:
                 p.add_(1.0)
     return model

@@ -192,7 +192,7 @@ def test_embedded_tokenizer_and_template(tmp_path):
 
 
 def test_llama3_rope_scaling_from_rope_freqs(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
     theta, hd, factor, low, high, old_ctx = 500000.0, 16, 8.0, 1.0, 4.0, 8192
     cfg = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, vocab_size=80,
@@ -202,11 +202,7 @@ def test_llama3_rope_scaling_from_rope_freqs(tmp_path):
                                        "high_freq_factor": high,
                                        "original_max_position_embeddings": old_ctx},
                       attn_implementation="eager")
-    torch.manual_seed(7)
-    hf = LlamaForCausalLM(cfg).float().eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0.0, 0.5 if p.dim() > 1 else 0.3).add_(1.0 if p.dim() == 1 else 0.0)
+    hf = refmodel.random_llama(cfg, seed=7, scale=0.5)
     factors = []                 # as llama.cpp's converter computes rope_freqs for Llama 3.1
     for freq in 1.0 / theta ** (np.arange(0, hd, 2) / hd):
         wavelen = 2 * math.pi / freq

@@ -69,7 +69,7 @@ def test_half_precision_files(tmp_path, dtype):
 
 
 def test_llama3_rope_scaling_explicit_head_dim_and_theta(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
     cfg = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=24, vocab_size=90,
                       max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=False,
@@ -78,11 +78,7 @@ def test_llama3_rope_scaling_explicit_head_dim_and_theta(tmp_path):
                                        "high_freq_factor": 4.0,
                                        "original_max_position_embeddings": 64},
                       attn_implementation="eager")
-    torch.manual_seed(5)
-    hf = LlamaForCausalLM(cfg).float().eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0.0, 0.2 if p.dim() > 1 else 0.3).add_(1.0 if p.dim() == 1 else 0.0)
+    hf = refmodel.random_llama(cfg, seed=5)
     hf.save_pretrained(tmp_path)
     ckpt = load_hf_dir(tmp_path)
     assert ckpt.config.hd == 24 and ckpt.config.rope_theta == 500000.0
