@@ -1,10 +1,11 @@
 """Causal GQA attention over the KV cache (core/ops.py `attention`).
 
-Decode (one token) is split-K "flash decoding" in one kernel: a fixed grid of (head, split)
-programs each reduce a slice of the cached keys 0..pos-1 (slice bounds come from pos, read
-on the device, so a CUDA graph replays at any position); the last program of a head to
-finish (an atomic counter tells) merges the slices with the new token's own key and value,
-and writes that key and value into cache row pos. Prefill copies its keys and values into
+Decode (one token) is split-K "flash decoding" in one kernel: a fixed grid of (kv head,
+split) programs each reduce a slice of the cached keys 0..pos-1 for every query head that
+shares the kv head (slice bounds come from pos, read on the device, so a CUDA graph replays
+at any position); the last program of a kv head to finish (an atomic counter tells) merges
+the slices with the new token's own key and value, and writes that key and value into cache
+row pos. Prefill copies its keys and values into
 the cache, then runs a tiled causal flash-attention kernel over the cache rows
 0..pos+T-1, so a chunk may continue an earlier prompt.
 """
@@ -19,6 +20,7 @@ from .kernels import pdl_start
 
 LOG2E = 1.4426950408889634
 SPLIT_PER_SM = 1
+MERGE_ROWS = 256          # query heads x splits one merging program holds
 _workspaces: dict = {}      # per (device, shape); never freed, so graphs may hold them
 
 
@@ -44,69 +46,86 @@ def _split_bounds(n, sp, N_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr):
 @triton.jit
 def _decode_kernel(out_ptr, part_ptr, cnt_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr,
                    qk_scale, s_qh, s_kh, s_oh, s_c, G: tl.constexpr, HD: tl.constexpr,
-                   N_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+                   N_SPLIT: tl.constexpr, BLOCK_G: tl.constexpr, MERGE_G: tl.constexpr,
+                   BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
                    PDL: tl.constexpr):
-    h, sp = tl.program_id(0), tl.program_id(1)
+    """Program (kv head, split): the G query heads sharing that kv head, so each cached key
+    and value is read once."""
+    kvh, sp = tl.program_id(0), tl.program_id(1)
     n = tl.load(pos_ptr)                          # cached keys 0..n-1; key n is the new one
     start, end = _split_bounds(n, sp, N_SPLIT, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
     dmask = d < HD
-    kvh = h // G
-    head = kvh * HD + d
+    g = tl.arange(0, BLOCK_G)
+    gmask = g < G
+    heads = kvh * G + g
+    col = kvh * HD + d
     s = start + tl.arange(0, BLOCK_S)
-    offs = s.to(tl.int64)[:, None] * s_c + head[None, :]
+    offs = s.to(tl.int64)[:, None] * s_c + col[None, :]
     mask2 = (s < end)[:, None] & dmask[None, :]
     k = tl.load(kc_ptr + offs, mask=mask2, other=0.0)     # earlier steps wrote these rows:
     v = tl.load(vc_ptr + offs, mask=mask2, other=0.0)     # they load before the PDL wait
     pdl_start(PDL)
-    q = tl.load(q_ptr + h * s_qh + d, mask=dmask, other=0.0).to(tl.float32) * qk_scale
-    m = tl.max(tl.full([BLOCK_S], float("-inf"), tl.float32), axis=0)
-    l = tl.sum(tl.zeros([BLOCK_S], tl.float32), axis=0)
-    acc = tl.zeros([BLOCK_D], tl.float32)
+    qmask = gmask[:, None] & dmask[None, :]
+    q = tl.load(q_ptr + heads[:, None] * s_qh + d[None, :], mask=qmask, other=0.0)
+    if DOT_F32:                  # the interpreter multiplies bf16 bit patterns, not values
+        q = q.to(tl.float32)
+    m = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     for s0 in range(start, end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         nxt = s + BLOCK_S                         # the next tile loads while this one is used
-        offs = nxt.to(tl.int64)[:, None] * s_c + head[None, :]
+        offs = nxt.to(tl.int64)[:, None] * s_c + col[None, :]
         mask2 = (nxt < end)[:, None] & dmask[None, :]
         k_next = tl.load(kc_ptr + offs, mask=mask2, other=0.0)
         v_next = tl.load(vc_ptr + offs, mask=mask2, other=0.0)
-        scores = tl.where(s < end, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, axis=0))
+        if DOT_F32:
+            k, v = k.to(tl.float32), v.to(tl.float32)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        scores = tl.where((s < end)[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
         alpha = tl.exp2(m - m_new)
-        p = tl.exp2(scores - m_new)
-        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
-        l = l * alpha + tl.sum(p, axis=0)
+        p = tl.exp2(scores - m_new[:, None])
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        l = l * alpha + tl.sum(p, axis=1)
         m = m_new
         k, v = k_next, v_next
-    head_parts = part_ptr + h * N_SPLIT * (BLOCK_D + 2)
+    ROW: tl.constexpr = BLOCK_D + 2               # a partial: acc, then max, then sum
     if start < end:                               # the merge skips empty splits
-        tl.store(head_parts + sp * (BLOCK_D + 2) + d, acc)
-        tl.store(head_parts + sp * (BLOCK_D + 2) + BLOCK_D, m)
-        tl.store(head_parts + sp * (BLOCK_D + 2) + BLOCK_D + 1, l)
+        mine = part_ptr + heads * (N_SPLIT * ROW) + sp * ROW
+        tl.store(mine[:, None] + d[None, :], acc, mask=gmask[:, None])
+        tl.store(mine + BLOCK_D, m, mask=gmask)
+        tl.store(mine + BLOCK_D + 1, l, mask=gmask)
     tl.debug_barrier()                            # every thread's stores before the release
-    if tl.atomic_add(cnt_ptr + h, 1, sem="acq_rel") == N_SPLIT - 1:
+    if tl.atomic_add(cnt_ptr + kvh, 1, sem="acq_rel") == N_SPLIT - 1:
+        mg = tl.arange(0, MERGE_G)                # the merge holds the real heads only
+        mheads = kvh * G + mg
+        mqmask = (mg < G)[:, None] & dmask[None, :]
+        mq = tl.load(q_ptr + mheads[:, None] * s_qh + d[None, :], mask=mqmask, other=0.0)
         k_new = tl.load(k_ptr + kvh * s_kh + d, mask=dmask, other=0.0)
         v_new = tl.load(v_ptr + kvh * s_kh + d, mask=dmask, other=0.0)
-        s_new = tl.sum(q * k_new.to(tl.float32), axis=0)
+        s_new = tl.sum(mq.to(tl.float32) * k_new.to(tl.float32)[None, :], axis=1) * qk_scale
         sps = tl.arange(0, N_SPLIT)
         starts, ends = _split_bounds(n, sps, N_SPLIT, BLOCK_S)
-        used = starts < ends
-        base = head_parts + sps * (BLOCK_D + 2)   # other programs' results: skip L1
+        used = (mg < G)[:, None] & (starts < ends)[None, :]       # [MERGE_G, N_SPLIT]
+        base = (part_ptr + mheads * (N_SPLIT * ROW))[:, None] + sps[None, :] * ROW
         ms = tl.load(base + BLOCK_D, mask=used, other=float("-inf"), cache_modifier=".cg")
         ls = tl.load(base + BLOCK_D + 1, mask=used, other=0.0, cache_modifier=".cg")
-        accs = tl.load(base[:, None] + d[None, :], mask=used[:, None], other=0.0,
-                       cache_modifier=".cg")
-        top = tl.maximum(tl.max(ms, axis=0), s_new)
-        w = tl.where(used, tl.exp2(ms - top), 0.0)
+        accs = tl.load(base[:, :, None] + d[None, None, :], mask=used[:, :, None], other=0.0,
+                       cache_modifier=".cg")      # other programs' results: skip L1
+        top = tl.maximum(tl.max(ms, axis=1), s_new)
+        w = tl.where(used, tl.exp2(ms - top[:, None]), 0.0)
         w_new = tl.exp2(s_new - top)
-        total = tl.sum(ls * w, axis=0) + w_new
-        o = (tl.sum(accs * w[:, None], axis=0) + w_new * v_new.to(tl.float32)) / total
-        tl.store(out_ptr + h * s_oh + d, o.to(out_ptr.dtype.element_ty), mask=dmask)
-        if h % G == 0:                            # one program per kv head fills cache row n
-            row = n.to(tl.int64) * s_c + head
-            tl.store(kc_ptr + row, k_new.to(kc_ptr.dtype.element_ty), mask=dmask)
-            tl.store(vc_ptr + row, v_new.to(vc_ptr.dtype.element_ty), mask=dmask)
-        tl.store(cnt_ptr + h, 0)                  # ready for the next step
+        total = tl.sum(ls * w, axis=1) + w_new
+        o = tl.sum(accs * w[:, :, None], axis=1) + w_new[:, None] * v_new.to(tl.float32)[None, :]
+        o = o / total[:, None]
+        tl.store(out_ptr + mheads[:, None] * s_oh + d[None, :], o.to(out_ptr.dtype.element_ty),
+                 mask=mqmask)
+        row = n.to(tl.int64) * s_c + col          # the new key and value fill cache row n
+        tl.store(kc_ptr + row, k_new.to(kc_ptr.dtype.element_ty), mask=dmask)
+        tl.store(vc_ptr + row, v_new.to(vc_ptr.dtype.element_ty), mask=dmask)
+        tl.store(cnt_ptr + kvh, 0)                # ready for the next step
 
 
 @triton.jit
@@ -167,15 +186,17 @@ def _prefill_kernel(out_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, T, qk_scale, s_qt, 
              mask=(t[:, None] < T) & dmask[None, :])
 
 
-def _n_split(device, H, S, block_s):
-    """About SPLIT_PER_SM (head, split) programs per multiprocessor: one wave, leaving room
-    for the next GEMV's programs to stream their weights meanwhile (PDL)."""
+def _n_split(device, KV, S, G, block_s):
+    """About SPLIT_PER_SM (kv head, split) programs per multiprocessor: one wave, leaving room
+    for the next GEMV's programs to stream their weights meanwhile (PDL). The merging
+    program holds every split's partials of its G heads, which caps the splits."""
     if device.type == "cpu":
         sms = 4
     else:
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = triton.next_power_of_2(triton.cdiv(SPLIT_PER_SM * sms, H))
-    return max(1, min(want, triton.next_power_of_2(triton.cdiv(S, block_s)), 64))
+    want = triton.next_power_of_2(triton.cdiv(SPLIT_PER_SM * sms, KV))
+    return max(1, min(want, triton.next_power_of_2(triton.cdiv(S, block_s)), 
+                              MERGE_ROWS // triton.next_power_of_2(G)))
 
 
 def attention(out, q, k, v, k_cache, v_cache, pos, scale):
@@ -190,12 +211,15 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     s_c = k_cache.stride(0)
     if T == 1:
         block_s = 16 if interpreting() else 32
-        n_split = _n_split(q.device, H, S, block_s)
+        block_g = max(16, triton.next_power_of_2(G))          # tl.dot's smallest tile
+        n_split = _n_split(q.device, KV, S, G, block_s)
         part, cnt = _workspace(q.device, H, n_split, block_d)
-        _decode_kernel[(H, n_split)](
+        _decode_kernel[(KV, n_split)](
             out, part, cnt, q, k, v, k_cache, v_cache, pos, qk_scale, q.stride(1), k.stride(1),
-            out.stride(1), s_c, G=G, HD=hd, N_SPLIT=n_split, BLOCK_S=block_s, BLOCK_D=block_d,
-            num_warps=4, **pdl)
+            out.stride(1), s_c, G=G, HD=hd, N_SPLIT=n_split, BLOCK_G=block_g,
+            MERGE_G=triton.next_power_of_2(G), BLOCK_S=block_s,
+            BLOCK_D=block_d, PRECISION="ieee" if q.element_size() == 4 else "tf32",
+            DOT_F32=interpreting(), num_warps=4, **pdl)
         return
     _cache_write_kernel[(T,)](k_cache, v_cache, k, v, pos, KV, k.stride(0), k.stride(1),
                               v.stride(0), v.stride(1), s_c, HD=hd,
