@@ -9,6 +9,7 @@ drives the executor like the generation loop does and imports no GPU library.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import time
@@ -97,6 +98,8 @@ def run_bench(shape: str | LlamaConfig, device: str = "auto", dtype: str | None 
     dev = get_device(device)
     ckpt = random_checkpoint(config, seed)
     log(f"building {name} on {dev.spec} ({dev.name()}) ...")
+    gc.collect()              # an earlier shape's model (its decode runners form cycles) goes,
+    dev.reset_peak_memory()   # and so does its peak
     model = Model.build(ckpt, dev, canonical_dtype(dtype) if dtype else None,
                         ctx=ctx or prompt_len + gen, quant=quant)
     prompt = np.random.default_rng(seed + 1).integers(0, config.vocab_size, prompt_len)

@@ -149,6 +149,9 @@ class Device(ABC):
         """{'used': bytes, 'total': bytes, 'peak': bytes} where known, else {}."""
         return {}
 
+    def reset_peak_memory(self) -> None:
+        """Start memory()['peak'] again from what is in use now (e.g. between benchmarks)."""
+
     def read_async(self, tensor):
         """Start copying a small tensor to the host; the returned callable waits for the copy
         and returns it as numpy. An asynchronous device lets the host queue the next decode

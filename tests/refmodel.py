@@ -138,3 +138,35 @@ def assert_matches_transformers(ckpt, hf, prompt=PROMPT, steps: int = 32,
     want = hf_greedy(hf, prompt, steps)
     assert len(set(want)) > 4, "reference output too repetitive to prove anything"
     assert polyllama_greedy(model, prompt, steps) == want
+
+
+# ---------------------------------------------------------------- int8 (q8_0) references
+
+
+def expected_group(k: int) -> int:
+    """The documented choice: the largest of 64, 32, 16, ... that divides the row width."""
+    return max(g for g in (1, 2, 4, 8, 16, 32, 64) if k % g == 0)
+
+
+def fake_quant(w: np.ndarray) -> np.ndarray:
+    """W rounded through group-wise symmetric int8 along each row, computed independently."""
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    g = expected_group(k)
+    groups = w.reshape(n, k // g, g)
+    s = np.abs(groups).max(axis=2, keepdims=True) / np.float32(127)
+    q = np.clip(np.round(groups / np.where(s == 0, 1, s)), -127, 127)
+    return (q.astype(np.float32) * s).reshape(n, k)
+
+
+def int8_hf_model(name: str, **kw):
+    """The transformers model with every linear layer (the classifier included, untied from
+    the embeddings, which stay dense) rounded through int8; kw go to make_hf_model."""
+    import torch
+    hf = make_hf_model(name, **kw)
+    with torch.no_grad():
+        for module in hf.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight = torch.nn.Parameter(
+                    torch.from_numpy(fake_quant(module.weight.numpy())))
+    return hf

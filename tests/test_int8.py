@@ -13,7 +13,8 @@ from polyllama.model import Model
 
 from backends import check_out, kernel, poisoned, upload
 from formats import write_v2
-from refmodel import CONFIGS, canonical_weights, hf_greedy, hf_logits, make_hf_model
+from refmodel import (CONFIGS, canonical_weights, expected_group, fake_quant, hf_greedy,
+                      hf_logits, int8_hf_model, make_hf_model)
 
 FMT = "q8_0"
 PROMPT = [1, 5, 7, 11, 3]
@@ -22,22 +23,6 @@ MAX_POS = 64
 
 def scheme():
     return get_registry().quant_schemes["int8"]
-
-
-def expected_group(k: int) -> int:
-    """The documented choice: the largest of 64, 32, 16, ... that divides the row width."""
-    return max(g for g in (1, 2, 4, 8, 16, 32, 64) if k % g == 0)
-
-
-def fake_quant(w: np.ndarray) -> np.ndarray:
-    """W rounded through group-wise symmetric int8 along each row, computed independently."""
-    w = np.asarray(w, dtype=np.float32)
-    n, k = w.shape
-    g = expected_group(k)
-    groups = w.reshape(n, k // g, g)
-    s = np.abs(groups).max(axis=2, keepdims=True) / np.float32(127)
-    q = np.clip(np.round(groups / np.where(s == 0, 1, s)), -127, 127)
-    return (q.astype(np.float32) * s).reshape(n, k)
 
 
 def test_registered():
@@ -108,19 +93,6 @@ def checkpoint(name, weights) -> Checkpoint:
     return Checkpoint(config, weights, "canonical", "<memory>").validate()
 
 
-def int8_hf_model(name):
-    """The transformers model with every linear layer (the classifier included, untied from
-    the embeddings, which stay dense) rounded through int8."""
-    import torch
-    hf = make_hf_model(name, max_pos=MAX_POS)
-    with torch.no_grad():
-        for module in hf.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight = torch.nn.Parameter(
-                    torch.from_numpy(fake_quant(module.weight.numpy())))
-    return hf
-
-
 def last_logits(model, ids) -> np.ndarray:
     model.prefill(ids)
     return model.read_logits()
@@ -139,7 +111,7 @@ def test_model_int8_matches_transformers_on_int8_weights(name):
     dense = Model.build(ckpt, dev)
     assert model.fmt == FMT and model.weight_bytes < 0.4 * dense.weight_bytes
     got = last_logits(model, PROMPT)
-    hf8 = int8_hf_model(name)
+    hf8 = int8_hf_model(name, max_pos=MAX_POS)
     assert rel_err(got, hf_logits(hf8, PROMPT)[-1]) < 1e-5
     assert rel_err(got, last_logits(dense, PROMPT)) < 0.1         # close to the dense model
     tokens, pos, token = [], len(PROMPT), int(np.argmax(got))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import refmodel
-from polyllama import DeviceSpec, reference
+from polyllama import DeviceSpec, QuantizedArray, get_registry, reference
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")            # conftest sets TRITON_INTERPRET=1 when there is no GPU
@@ -88,6 +88,10 @@ def test_device_reports(dev):
         held = dev.empty((1 << 20,), "float32")
         mem = dev.memory()
         assert held.buffer.nbytes <= mem["used"] <= mem["peak"] <= mem["total"]
+        dev.empty((1 << 28,), "uint8")                 # 256 MiB, freed at once
+        assert dev.memory()["peak"] >= mem["used"] + (1 << 28)
+        dev.reset_peak_memory()
+        assert dev.memory()["peak"] == dev.memory()["used"]
 
 
 @pytest.mark.skipif(SMALL, reason="CUDA graphs need a GPU")
@@ -178,36 +182,65 @@ LINEAR_SHAPES = [(1, 45, 83), (1, 22, 300), (7, 45, 83)] if SMALL else [
     (1, 4096, 4096), (1, 1003, 2051), (37, 1003, 2051), (300, 4096, 1024)]
 
 
+def weight(dev, rng, fmt, dtype, N, K):
+    """(Weight, its values as the reference multiplies them): dense in dtype, or q8_0 as the
+    int8 scheme packs it."""
+    w = rng.standard_normal((N, K)) / np.sqrt(K)
+    if fmt == "dense":
+        W = up(dev, w, dtype)
+        return Weight("dense", (N, K), {"w": W}), host(W)
+    parts, meta = get_registry().quant_schemes["int8"].pack(w.astype(np.float32))
+    return (Weight("q8_0", (N, K), {k: dev.upload(a, a.dtype.name).native
+                                     for k, a in parts.items()}, meta),
+            reference.dequantize_groups(parts["q"], parts["s"].reshape(-1), meta["group"]))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("T,N,K", LINEAR_SHAPES)
 @pytest.mark.parametrize("op", ["linear", "rmsnorm_linear", "linear_add", "rmsnorm_swiglu"])
-def test_linear_family(dev, rng, dtype, T, N, K, op):
+@pytest.mark.parametrize("fmt", ["dense", "q8_0"])
+def test_linear_family(dev, rng, dtype, T, N, K, op, fmt):
     x = up(dev, rng.standard_normal((T, K)), dtype)
-    W = up(dev, rng.standard_normal((N, K)) / np.sqrt(K), dtype)
-    w = Weight("dense", (N, K), {"w": W})
     if op == "rmsnorm_swiglu":                     # W = [W1; W3]: N/2 outputs
         N = N // 2
-        W = W[:2 * N]
-        w = Weight("dense", (2 * N, K), {"w": W})
+        w, W = weight(dev, rng, fmt, dtype, 2 * N, K)
         g = up(dev, 1 + 0.3 * rng.standard_normal(K), dtype)
         out = poisoned(dev, (T, N), dtype)
         linear.rmsnorm_swiglu(out, x, g, 1e-5, w)
-        gu = reference.linear(reference.rmsnorm(host(x), host(g), 1e-5), host(W))
+        gu = reference.linear(reference.rmsnorm(host(x), host(g), 1e-5), W)
         ref = reference.silu_mul(gu[:, :N], gu[:, N:])
-    elif op == "linear":
+        close(out, ref, dtype, roundings=3 if T > 1 else 1)
+        return
+    w, W = weight(dev, rng, fmt, dtype, N, K)
+    if op == "linear":
         out = poisoned(dev, (T, N), dtype)
         linear.linear(out, x, w)
-        ref = reference.linear(host(x), host(W))
+        ref = reference.linear(host(x), W)
     elif op == "rmsnorm_linear":
         g = up(dev, 1 + 0.3 * rng.standard_normal(K), dtype)
         out = poisoned(dev, (T, N), dtype)
         linear.rmsnorm_linear(out, x, g, 1e-5, w)
-        ref = reference.linear(reference.rmsnorm(host(x), host(g), 1e-5), host(W))
+        ref = reference.linear(reference.rmsnorm(host(x), host(g), 1e-5), W)
     else:
         out = up(dev, rng.standard_normal((T, N)), dtype)          # residual, updated in place
-        ref = reference.add(host(out), reference.linear(host(x), host(W)))
+        ref = reference.add(host(out), reference.linear(host(x), W))
         linear.linear_add(out, x, w, out)
-    close(out, ref, dtype, roundings=3 if op == "rmsnorm_swiglu" and T > 1 else 1)
+    close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("T", [1, 5])
+def test_q8_linear_with_a_file_group_that_is_not_a_power_of_two(dev, rng, T):
+    """A file's int8 groups of 12 are kept as they are (plugins/int8/pack.py)."""
+    N, K = 10, 36
+    wq, scales = reference.quantize_groups(rng.standard_normal((N, K)).astype(np.float32), 12)
+    parts, meta = get_registry().quant_schemes["int8"].pack(QuantizedArray(wq, scales, 12))
+    assert meta == {"group": 12}
+    w = Weight("q8_0", (N, K), {k: dev.upload(a, a.dtype.name).native for k, a in parts.items()},
+               meta)
+    x = up(dev, rng.standard_normal((T, K)), "float32")
+    out = poisoned(dev, (T, N), "float32")
+    linear.linear(out, x, w)
+    close(out, reference.linear(host(x), reference.dequantize_groups(wq, scales, 12)), "float32")
 
 
 # ---------------------------------------------------------------- attention
@@ -276,6 +309,17 @@ def test_sample_matches_reference(dev, rng, dtype, params):
 # ---------------------------------------------------------------- the whole model
 
 
+def greedy_on_device(model, prompt, n):
+    """n greedy tokens: prefill, then decode steps (a replayed CUDA graph on a GPU), argmax
+    on the device."""
+    model.prefill(prompt, 0)
+    got = [model.pick_on_device("argmax")]
+    for i in range(n - 1):
+        model.decode(len(prompt) + i, pick="argmax")
+        got.append(model.read_token())
+    return got
+
+
 @pytest.mark.parametrize("name", sorted(refmodel.CONFIGS))
 def test_model_greedy_matches_transformers_fp32(dev, name):
     """Prefill, then decode steps (a replayed CUDA graph on a GPU), argmax on the device."""
@@ -284,11 +328,21 @@ def test_model_greedy_matches_transformers_fp32(dev, name):
     dev.backend_id = "cuda_triton"
     model = Model.build(ckpt, dev, "float32")
     prompt, n = [1, 5, 7, 9, 11, 3, 17], 12 if SMALL else 32
-    model.prefill(prompt, 0)
-    got = [model.pick_on_device("argmax")]
-    for i in range(n - 1):
-        model.decode(len(prompt) + i, pick="argmax")
-        got.append(model.read_token())
+    got = greedy_on_device(model, prompt, n)
     want = refmodel.hf_greedy(hf, prompt, n)
+    assert len(set(want)) > 4, "reference output too repetitive to prove anything"
+    assert got == want
+
+
+@pytest.mark.parametrize("name", sorted(refmodel.CONFIGS))
+def test_model_int8_greedy_matches_transformers_on_int8_weights(dev, name):
+    """--quant int8: q8_0 GEMVs and GEMMs through prefill and replayed decode steps."""
+    hf = refmodel.make_hf_model(name, seed=1)
+    dev.backend_id = "cuda_triton"
+    model = Model.build(refmodel.reference_checkpoint(hf), dev, "float32", quant="int8")
+    assert model.fmt == "q8_0"
+    prompt, n = [1, 5, 7, 9, 11, 3, 17], 12 if SMALL else 32
+    got = greedy_on_device(model, prompt, n)
+    want = refmodel.hf_greedy(refmodel.int8_hf_model(name, seed=1), prompt, n)
     assert len(set(want)) > 4, "reference output too repetitive to prove anything"
     assert got == want

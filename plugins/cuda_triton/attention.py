@@ -47,8 +47,8 @@ def _split_bounds(n, sp, N_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr):
 def _decode_kernel(out_ptr, part_ptr, cnt_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr,
                    qk_scale, s_qh, s_kh, s_oh, s_c, G: tl.constexpr, HD: tl.constexpr,
                    N_SPLIT: tl.constexpr, BLOCK_G: tl.constexpr, MERGE_G: tl.constexpr,
-                   BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
-                   PDL: tl.constexpr):
+                   BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+                   DOT_F32: tl.constexpr, PDL: tl.constexpr):
     """Program (kv head, split): the G query heads sharing that kv head, so each cached key
     and value is read once."""
     kvh, sp = tl.program_id(0), tl.program_id(1)
@@ -195,8 +195,8 @@ def _n_split(device, KV, S, G, block_s):
     else:
         sms = torch.cuda.get_device_properties(device).multi_processor_count
     want = triton.next_power_of_2(triton.cdiv(SPLIT_PER_SM * sms, KV))
-    return max(1, min(want, triton.next_power_of_2(triton.cdiv(S, block_s)), 
-                              MERGE_ROWS // triton.next_power_of_2(G)))
+    longest = triton.next_power_of_2(triton.cdiv(S, block_s))
+    return max(1, min(want, longest, MERGE_ROWS // triton.next_power_of_2(G)))
 
 
 def attention(out, q, k, v, k_cache, v_cache, pos, scale):

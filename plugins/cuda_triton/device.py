@@ -114,6 +114,10 @@ class TritonDevice(Device):
         return {"used": torch.cuda.memory_allocated(self.torch_device), "total": total,
                 "peak": torch.cuda.max_memory_allocated(self.torch_device)}
 
+    def reset_peak_memory(self):
+        if self.torch_device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.torch_device)
+
     def read_async(self, tensor):
         if not self.asynchronous:
             return super().read_async(tensor)

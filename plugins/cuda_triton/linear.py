@@ -10,6 +10,11 @@ residual add and the SwiGLU (a program owns matching gate and up rows). More tok
 (prefill) go through a tiled tl.dot GEMM; there the RMSNorm runs first into a scratch
 buffer, since scaling the tiles in registers would keep them off the pipelined
 shared-memory path of the tensor cores.
+
+Weights in q8_0 (`--quant int8`, layout in plugins/int8/pack.py: int8 rows, one float32
+scale per group of GROUP values) stream half the bytes: their GEMV reads a row block as
+[rows, groups, GROUP] tiles, sums each group and scales the group sums; for more
+tokens the matrix is dequantized into a scratch buffer for the dense GEMM.
 """
 from __future__ import annotations
 
@@ -18,11 +23,15 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from polyllama.ops import DENSE, Weight
+
 from .device import interpreting, pdl_enabled
-from .kernels import rmsnorm, silu_mul
+from .kernels import pdl_start, rmsnorm, silu_mul
 
 _scratch: dict = {}       # prefill intermediates (see _scratch_for)
 ONE_TILE_K = 4096
+Q8_0 = "q8_0"             # the int8 scheme's weight format (plugins/int8/pack.py)
+Q8_TILE_K = 1024
 
 
 @triton.jit
@@ -76,17 +85,97 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
                 acc_u += u.to(tl.float32) * x[None, :]
                 u = u_next
     y = tl.sum(acc, axis=1)
-    if NORM:
-        inv = tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
-        y = y * inv
+    y_u = y
     if SWIGLU:
         y_u = tl.sum(acc_u, axis=1)
-        if NORM:
+    _epilogue(out_ptr, r_ptr, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, NORM, ADD, SWIGLU)
+
+
+@triton.jit
+def _epilogue(out_ptr, r_ptr, rows, N, y, y_u, ss, K, eps, NORM: tl.constexpr,
+              ADD: tl.constexpr, SWIGLU: tl.constexpr):
+    """Row sums y (and y_u, the up half) to outputs: RMSNorm scale, SwiGLU, residual add."""
+    if NORM:
+        inv = tl.rsqrt(ss / K + eps)
+        y = y * inv
+        if SWIGLU:
             y_u = y_u * inv
+    if SWIGLU:
         y = y * tl.sigmoid(y) * y_u
     if ADD:
         y += tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
     tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
+
+
+@triton.jit
+def _q8_tile(q_rows, s_rows, g0, N_GROUPS, rmask, BLOCK_G: tl.constexpr, GROUP: tl.constexpr,
+             BLOCK_E: tl.constexpr):
+    """int8 values [rows, BLOCK_G, BLOCK_E] and scales [rows, BLOCK_G] of groups g0.. on
+    (BLOCK_E: GROUP rounded up to a power of 2)."""
+    g = g0 + tl.arange(0, BLOCK_G)
+    e = tl.arange(0, BLOCK_E)
+    gmask = rmask[:, None] & (g < N_GROUPS)[None, :]
+    qmask = gmask[:, :, None]
+    if BLOCK_E != GROUP:                   # a mask along the group would stop vector loads
+        qmask = qmask & (e < GROUP)[None, None, :]
+    q = tl.load(q_rows[:, None, None] + (g[None, :, None] * GROUP + e[None, None, :]),
+                mask=qmask, other=0, eviction_policy="evict_first")
+    sc = tl.load(s_rows[:, None] + g[None, :], mask=gmask, other=0.0,
+                 eviction_policy="evict_first")
+    return q, sc
+
+
+@triton.jit
+def _q8_sum(q, sc, x):
+    """Per row: sum over groups of scale * (int8 group . x group)."""
+    part = tl.sum(q.to(tl.float32) * x[None, :, :], axis=2)
+    return tl.sum(part * sc, axis=1)
+
+
+@triton.jit
+def _gemv_q8_kernel(out_ptr, x_ptr, q_ptr, s_ptr, g_ptr, r_ptr, N, K, s_q, s_s, eps,
+                    NORM: tl.constexpr, ADD: tl.constexpr, SWIGLU: tl.constexpr,
+                    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+                    BLOCK_E: tl.constexpr, PDL: tl.constexpr):
+    """_gemv_kernel for q8_0 weights, BLOCK_G groups per tile (the first issued before the
+    PDL wait, each next one while the current is summed)."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    n_groups = K // GROUP
+    q_rows = q_ptr + rows.to(tl.int64) * s_q
+    s_rows = s_ptr + rows.to(tl.int64) * s_s
+    qu_rows = q_rows + N.to(tl.int64) * s_q
+    su_rows = s_rows + N.to(tl.int64) * s_s
+    q, sc = _q8_tile(q_rows, s_rows, 0, n_groups, rmask, BLOCK_G, GROUP, BLOCK_E)
+    if SWIGLU:
+        qu, scu = _q8_tile(qu_rows, su_rows, 0, n_groups, rmask, BLOCK_G, GROUP, BLOCK_E)
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    y = tl.zeros([BLOCK_N], tl.float32)
+    y_u = tl.zeros([BLOCK_N], tl.float32)
+    ss = tl.sum(tl.zeros([BLOCK_G], tl.float32), axis=0)
+    for g0 in range(0, n_groups, BLOCK_G):
+        q_next, sc_next = _q8_tile(q_rows, s_rows, g0 + BLOCK_G, n_groups, rmask, BLOCK_G,
+                                   GROUP, BLOCK_E)
+        if SWIGLU:
+            qu_next, scu_next = _q8_tile(qu_rows, su_rows, g0 + BLOCK_G, n_groups, rmask,
+                                         BLOCK_G, GROUP, BLOCK_E)
+        e = tl.arange(0, BLOCK_E)
+        k = (g0 + tl.arange(0, BLOCK_G))[:, None] * GROUP + e[None, :]
+        kmask = k < K
+        if BLOCK_E != GROUP:
+            kmask = kmask & (e < GROUP)[None, :]
+        x = tl.load(x_ptr + k, mask=kmask, other=0.0).to(tl.float32)
+        if NORM:
+            ss += tl.sum(tl.sum(x * x, axis=1), axis=0)
+            x = x * tl.load(g_ptr + k, mask=kmask, other=0.0).to(tl.float32)
+        y += _q8_sum(q, sc, x)
+        q, sc = q_next, sc_next
+        if SWIGLU:
+            y_u += _q8_sum(qu, scu, x)
+            qu, scu = qu_next, scu_next
+    _epilogue(out_ptr, r_ptr, rows, N, y, y_u, ss, K, eps, NORM, ADD, SWIGLU)
 
 
 @triton.jit
@@ -123,6 +212,18 @@ def _gemm_kernel(out_ptr, x_ptr, w_ptr, r_ptr, M, N, K, s_out, s_x, s_w, s_r,
              mask=mask)
 
 
+@triton.jit
+def _dequant_kernel(out_ptr, q_ptr, s_ptr, K, s_out, s_q, s_s, GROUP: tl.constexpr,
+                    BLOCK: tl.constexpr, PDL: tl.constexpr):
+    """out[n, k] = q[n, k] * s[n, k // GROUP], in out's dtype."""
+    pdl_start(PDL)
+    n, cb = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    k = cb * BLOCK + tl.arange(0, BLOCK)
+    q = tl.load(q_ptr + n * s_q + k, mask=k < K, other=0).to(tl.float32)
+    sc = tl.load(s_ptr + n * s_s + k // GROUP, mask=k < K, other=0.0)
+    tl.store(out_ptr + n * s_out + k, (q * sc).to(out_ptr.dtype.element_ty), mask=k < K)
+
+
 def _gemv_config(N, K):
     """(BLOCK_N, BLOCK_K, num_warps) for one token, from a sweep of the Llama shapes. Rows up
     to ONE_TILE_K wide load whole, so the next GEMV can stream them during the kernels
@@ -134,6 +235,15 @@ def _gemv_config(N, K):
     if N * K >= 1 << 26:
         return 2, 2048, 4
     return 4, 1024, 4
+
+
+def _gemv_q8_config(K, group):
+    """(BLOCK_N, BLOCK_G) for one token in q8_0: 8 rows x about Q8_TILE_K values per tile
+    (a sweep of the Llama-2-7B shapes on an H100: 1.8-1.95 TB/s; whole rows of 4096 values,
+    1.4). Converting int8 to float, not memory, bounds it."""
+    if interpreting():
+        return 8, min(triton.next_power_of_2(triton.cdiv(K, group)), max(1, 128 // group))
+    return 8, triton.next_power_of_2(triton.cdiv(min(K, Q8_TILE_K), group))
 
 
 def _gemm_config(M, N, fp32):
@@ -158,7 +268,10 @@ def _scratch_for(name, shape, like):
 
 
 def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False):
-    W = w.parts["w"]
+    q8 = w.fmt == Q8_0
+    W = w.parts["q" if q8 else "w"]
+    S = w.parts["s"] if q8 else W                    # scales (a placeholder when dense)
+    group = w.meta["group"] if q8 else 1
     M, K = x.shape
     N = W.shape[0] // 2 if swiglu else W.shape[0]
     assert x.stride(1) == 1 and W.stride(1) == 1 and out.stride(1) == 1, "rows must be dense"
@@ -166,23 +279,41 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False):
     add = residual is not None
     residual = residual if add else out
     if M == 1:
+        common = dict(NORM=g is not None, ADD=add, SWIGLU=swiglu, PDL=pdl, num_warps=4,
+                      launch_pdl=pdl)
+        g = x if g is None else g
+        if q8:
+            bn, bg = _gemv_q8_config(K, group)
+            bn = max(1, bn // 2) if swiglu else bn
+            _gemv_q8_kernel[(triton.cdiv(N, bn),)](
+                out, x, W, S, g, residual, N, K, W.stride(0), S.stride(0), float(eps),
+                GROUP=group, BLOCK_N=bn, BLOCK_G=bg, BLOCK_E=triton.next_power_of_2(group),
+                **common)
+            return
         bn, bk, warps = _gemv_config(W.shape[0], K)
         bn = max(1, bn // 2) if swiglu else bn           # gate and up rows: the same bytes
+        common["num_warps"] = warps
         _gemv_kernel[(triton.cdiv(N, bn),)](
-            out, x, W, x if g is None else g, residual, N, K, W.stride(0), float(eps),
-            NORM=g is not None, ADD=add, SWIGLU=swiglu, BLOCK_N=bn, BLOCK_K=bk,
-            ONE_TILE=K <= bk, PDL=pdl, num_warps=warps, launch_pdl=pdl)
+            out, x, W, g, residual, N, K, W.stride(0), float(eps), BLOCK_N=bn, BLOCK_K=bk,
+            ONE_TILE=K <= bk, **common)
         return
     if g is not None:
         h = _scratch_for("normed", x.shape, x)
         rmsnorm(h, x, g, eps)
         x = h
+    if q8:                     # prefill is matrix-bound: dequantize once, then the dense GEMM
+        W = _scratch_for("dequantized", tuple(W.shape), x)
+        block = min(1024, triton.next_power_of_2(K))
+        _dequant_kernel[(W.shape[0], triton.cdiv(K, block))](
+            W, w.parts["q"], S, K, W.stride(0), w.parts["q"].stride(0), S.stride(0),
+            GROUP=group, BLOCK=block, PDL=pdl, launch_pdl=pdl)
+        w = Weight(DENSE, tuple(W.shape), {"w": W})
     if swiglu:
         gu = _scratch_for("gate_up", (M, 2 * N), out)
         _run(gu, x, w)
         silu_mul(out, gu[:, :N], gu[:, N:])
         return
-    fp32 = W.element_size() == 4
+    fp32 = x.element_size() == 4
     bm, bn, bk, warps, stages = _gemm_config(M, N, fp32)
     _gemm_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
         out, x, W, residual, M, N, K, out.stride(0), x.stride(0), W.stride(0),
