@@ -148,12 +148,17 @@ def test_greedy_48_tokens_match_transformers(llm, reference):
     assert got.text.startswith(tok.decode(want[:32]))
 
 
-def test_chat_answer_is_sensible(llm):
+def capital_of_france(llm):
+    """(chat format, prompt ids, greedy generation) for the README's demo question."""
     from polyllama.chat import ChatFormat
     fmt = ChatFormat(llm.tokenizer, llm.chat_template)
     ids = fmt.encode([{"role": "user", "content": "What is the capital of France?"}])
+    return fmt, ids, llm.generate(prompt_ids=ids, max_tokens=40, temperature=0).run()
+
+
+def test_chat_answer_is_sensible(llm):
+    fmt, ids, gen = capital_of_france(llm)
     assert llm.tokenizer.decode(ids).startswith("system\nYou are a helpful AI assistant")
-    gen = llm.generate(prompt_ids=ids, max_tokens=40, temperature=0).run()
     assert gen.generated_ids[-1] in fmt.stop_ids or len(gen.generated_ids) == 40
     assert "Paris" in gen.text
 
@@ -184,11 +189,8 @@ def test_cuda_triton_fp16_chat_answer(smollm2):
     """fp16 keeps the GGUF's dequantized weights closer than bf16 does; bf16 breaks a
     near-tie in this answer the other way (docs/perf-notes.md)."""
     import polyllama
-    from polyllama.chat import ChatFormat
     _skip_without_cuda_triton()
     llm = polyllama.LLM(str(smollm2), device="cuda:triton", dtype="fp16", verbose=False)
-    fmt = ChatFormat(llm.tokenizer, llm.chat_template)
-    ids = fmt.encode([{"role": "user", "content": "What is the capital of France?"}])
-    gen = llm.generate(prompt_ids=ids, max_tokens=40, temperature=0).run()
+    _, _, gen = capital_of_france(llm)
     print(f"cuda:triton fp16 answer: {gen.text!r}")
     assert "Paris" in gen.text
