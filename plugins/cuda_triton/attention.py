@@ -5,9 +5,9 @@ split) programs each reduce a slice of the cached keys 0..pos-1 for every query 
 shares the kv head (slice bounds come from pos, read on the device, so a CUDA graph replays
 at any position); the last program of a kv head to finish (an atomic counter tells) merges
 the slices with the new token's own key and value, and writes that key and value into cache
-row pos. Prefill copies its keys and values into
-the cache, then runs a tiled causal flash-attention kernel over the cache rows
-0..pos+T-1, so a chunk may continue an earlier prompt.
+row pos. Prefill copies its keys and values into the cache, then runs a tiled causal
+flash-attention kernel over the cache rows 0..pos+T-1, so a chunk may continue an earlier
+prompt.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ _workspaces: dict = {}      # per (device, shape); never freed, so graphs may ho
 
 
 def _workspace(device, H, n_split, block_d):
-    """Split partials [H, n_split, acc | max | sum] and per-head arrival counters (zeroed;
-    the merging program resets its counter)."""
+    """Split partials [H, n_split, acc | max | sum] per query head and arrival counters per
+    kv head (H allocated, zeroed; the merging program resets its counter)."""
     key = (str(device), H, n_split, block_d)
     if key not in _workspaces:
         _workspaces[key] = (torch.empty((H, n_split, block_d + 2), dtype=torch.float32,
