@@ -309,17 +309,6 @@ def test_sample_matches_reference(dev, rng, dtype, params):
 # ---------------------------------------------------------------- the whole model
 
 
-def greedy_on_device(model, prompt, n):
-    """n greedy tokens: prefill, then decode steps (a replayed CUDA graph on a GPU), argmax
-    on the device."""
-    model.prefill(prompt, 0)
-    got = [model.pick_on_device("argmax")]
-    for i in range(n - 1):
-        model.decode(len(prompt) + i, pick="argmax")
-        got.append(model.read_token())
-    return got
-
-
 @pytest.mark.parametrize("name", sorted(refmodel.CONFIGS))
 def test_model_greedy_matches_transformers_fp32(dev, name):
     """Prefill, then decode steps (a replayed CUDA graph on a GPU), argmax on the device."""
@@ -327,8 +316,8 @@ def test_model_greedy_matches_transformers_fp32(dev, name):
     ckpt = refmodel.reference_checkpoint(hf)
     dev.backend_id = "cuda_triton"
     model = Model.build(ckpt, dev, "float32")
-    prompt, n = [1, 5, 7, 9, 11, 3, 17], 12 if SMALL else 32
-    got = greedy_on_device(model, prompt, n)
+    prompt, n = refmodel.PROMPT, 12 if SMALL else 32
+    got = refmodel.polyllama_greedy(model, prompt, n)
     want = refmodel.hf_greedy(hf, prompt, n)
     assert len(set(want)) > 4, "reference output too repetitive to prove anything"
     assert got == want
@@ -341,8 +330,8 @@ def test_model_int8_greedy_matches_transformers_on_int8_weights(dev, name):
     dev.backend_id = "cuda_triton"
     model = Model.build(refmodel.reference_checkpoint(hf), dev, "float32", quant="int8")
     assert model.fmt == "q8_0"
-    prompt, n = [1, 5, 7, 9, 11, 3, 17], 12 if SMALL else 32
-    got = greedy_on_device(model, prompt, n)
+    prompt, n = refmodel.PROMPT, 12 if SMALL else 32
+    got = refmodel.polyllama_greedy(model, prompt, n)
     want = refmodel.hf_greedy(refmodel.int8_hf_model(name, seed=1), prompt, n)
     assert len(set(want)) > 4, "reference output too repetitive to prove anything"
     assert got == want

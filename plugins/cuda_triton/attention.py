@@ -44,6 +44,22 @@ def _split_bounds(n, sp, N_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr):
 
 
 @triton.jit
+def _attend_tile(q, k, v, visible, m, l, acc, qk_scale, PRECISION: tl.constexpr,
+                 DOT_F32: tl.constexpr):
+    """One online-softmax step over a key/value tile: (running max, sum, accumulator) after
+    the keys where `visible` holds. Scores are in log2 units (qk_scale includes log2 e)."""
+    if DOT_F32:                  # the interpreter multiplies bf16 bit patterns, not values
+        k, v = k.to(tl.float32), v.to(tl.float32)
+    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    scores = tl.where(visible, scores, float("-inf"))
+    m_new = tl.maximum(m, tl.max(scores, axis=1))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(scores - m_new[:, None])
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l * alpha + tl.sum(p, axis=1), acc
+
+
+@triton.jit
 def _decode_kernel(out_ptr, part_ptr, cnt_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr,
                    qk_scale, s_qh, s_kh, s_oh, s_c, G: tl.constexpr, HD: tl.constexpr,
                    N_SPLIT: tl.constexpr, BLOCK_G: tl.constexpr, MERGE_G: tl.constexpr,
@@ -80,16 +96,8 @@ def _decode_kernel(out_ptr, part_ptr, cnt_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_p
         mask2 = (nxt < end)[:, None] & dmask[None, :]
         k_next = tl.load(kc_ptr + offs, mask=mask2, other=0.0)
         v_next = tl.load(vc_ptr + offs, mask=mask2, other=0.0)
-        if DOT_F32:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        scores = tl.where((s < end)[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, axis=1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        l = l * alpha + tl.sum(p, axis=1)
-        m = m_new
+        m, l, acc = _attend_tile(q, k, v, (s < end)[None, :], m, l, acc, qk_scale,
+                                 PRECISION, DOT_F32)
         k, v = k_next, v_next
     ROW: tl.constexpr = BLOCK_D + 2               # a partial: acc, then max, then sum
     if start < end:                               # the merge skips empty splits
@@ -171,16 +179,8 @@ def _prefill_kernel(out_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, T, qk_scale, s_qt, 
         mask2 = (j[:, None] < end) & dmask[None, :]
         k = tl.load(kc_ptr + offs, mask=mask2, other=0.0)
         v = tl.load(vc_ptr + offs, mask=mask2, other=0.0)
-        if DOT_F32:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        scores = tl.where(j[None, :] <= p0 + t[:, None], scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, axis=1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        l = l * alpha + tl.sum(p, axis=1)
-        m = m_new
+        m, l, acc = _attend_tile(q, k, v, j[None, :] <= p0 + t[:, None], m, l, acc, qk_scale,
+                                 PRECISION, DOT_F32)
     o = acc / l[:, None]
     tl.store(out_ptr + t[:, None] * s_ot + h * s_oh + d[None, :], o.to(out_ptr.dtype.element_ty),
              mask=(t[:, None] < T) & dmask[None, :])
