@@ -279,8 +279,7 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False):
     add = residual is not None
     residual = residual if add else out
     if M == 1:
-        common = dict(NORM=g is not None, ADD=add, SWIGLU=swiglu, PDL=pdl, num_warps=4,
-                      launch_pdl=pdl)
+        common = dict(NORM=g is not None, ADD=add, SWIGLU=swiglu, PDL=pdl, launch_pdl=pdl)
         g = x if g is None else g
         if q8:
             bn, bg = _gemv_q8_config(K, group)
@@ -288,14 +287,13 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False):
             _gemv_q8_kernel[(triton.cdiv(N, bn),)](
                 out, x, W, S, g, residual, N, K, W.stride(0), S.stride(0), float(eps),
                 GROUP=group, BLOCK_N=bn, BLOCK_G=bg, BLOCK_E=triton.next_power_of_2(group),
-                **common)
+                num_warps=4, **common)
             return
         bn, bk, warps = _gemv_config(W.shape[0], K)
         bn = max(1, bn // 2) if swiglu else bn           # gate and up rows: the same bytes
-        common["num_warps"] = warps
         _gemv_kernel[(triton.cdiv(N, bn),)](
             out, x, W, g, residual, N, K, W.stride(0), float(eps), BLOCK_N=bn, BLOCK_K=bk,
-            ONE_TILE=K <= bk, **common)
+            ONE_TILE=K <= bk, num_warps=warps, **common)
         return
     if g is not None:
         h = _scratch_for("normed", x.shape, x)
