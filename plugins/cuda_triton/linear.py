@@ -12,9 +12,12 @@ buffer, since scaling the tiles in registers would keep them off the pipelined
 shared-memory path of the tensor cores.
 
 Weights in q8_0 (`--quant int8`, layout in plugins/int8/pack.py: int8 rows, one float32
-scale per group of GROUP values) stream half the bytes: their GEMV reads a row block as
-[rows, groups, GROUP] tiles, sums each group and scales the group sums; for more
-tokens the matrix is dequantized into a scratch buffer for the dense GEMM.
+scale per group of GROUP values) stream half the bytes: their GEMV reads [rows, values]
+int8 tiles as the dense one does (gate and up rows alternating for the SwiGLU), sums each
+group of a tile's products and scales the group sums. Its normed input is rounded to the
+input dtype, as an unfused RMSNorm would store it: moving x into the tile's layout (through
+shared memory) then costs half what float32 would, 5-10% of these GEMVs. For more tokens
+the matrix is dequantized into a scratch buffer for the dense GEMM.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from .kernels import pdl_start, rmsnorm, silu_mul
 _scratch: dict = {}       # prefill intermediates (see _scratch_for)
 ONE_TILE_K = 4096
 Q8_0 = "q8_0"             # the int8 scheme's weight format (plugins/int8/pack.py)
-Q8_TILE_K = 1024
+Q8_TILE_K = 2048
 
 
 @triton.jit
@@ -108,74 +111,75 @@ def _epilogue(out_ptr, r_ptr, rows, N, y, y_u, ss, K, eps, NORM: tl.constexpr,
 
 
 @triton.jit
-def _q8_tile(q_rows, s_rows, g0, N_GROUPS, rmask, BLOCK_G: tl.constexpr, GROUP: tl.constexpr,
-             BLOCK_E: tl.constexpr):
-    """int8 values [rows, BLOCK_G, BLOCK_E] and scales [rows, BLOCK_G] of groups g0.. on
-    (BLOCK_E: GROUP rounded up to a power of 2)."""
-    g = g0 + tl.arange(0, BLOCK_G)
-    e = tl.arange(0, BLOCK_E)
-    gmask = rmask[:, None] & (g < N_GROUPS)[None, :]
-    qmask = gmask[:, :, None]
-    if BLOCK_E != GROUP:                   # a mask along the group would stop vector loads
-        qmask = qmask & (e < GROUP)[None, None, :]
-    q = tl.load(q_rows[:, None, None] + (g[None, :, None] * GROUP + e[None, None, :]),
-                mask=qmask, other=0, eviction_policy="evict_first")
-    sc = tl.load(s_rows[:, None] + g[None, :], mask=gmask, other=0.0,
+def _q8_tile(q_rows, s_rows, k0, K, rmask, GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
+             POW2: tl.constexpr):
+    """int8 values [rows, BLOCK_K] from column k0 on, and their scales: one per group
+    [rows, BLOCK_K // GROUP] when GROUP is a power of 2, else one per value."""
+    k = k0 + tl.arange(0, BLOCK_K)
+    q = tl.load(q_rows[:, None] + k[None, :], mask=rmask[:, None] & (k[None, :] < K), other=0,
+                eviction_policy="evict_first")
+    if POW2:
+        g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+        smask = rmask[:, None] & (g[None, :] < K // GROUP)
+    else:
+        g = k // GROUP
+        smask = rmask[:, None] & (k[None, :] < K)
+    sc = tl.load(s_rows[:, None] + g[None, :], mask=smask, other=0.0,
                  eviction_policy="evict_first")
     return q, sc
 
 
 @triton.jit
-def _q8_sum(q, sc, x):
+def _q8_sum(q, sc, x, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+            POW2: tl.constexpr):
     """Per row: sum over groups of scale * (int8 group . x group)."""
-    part = tl.sum(q.to(tl.float32) * x[None, :, :], axis=2)
-    return tl.sum(part * sc, axis=1)
+    p = q.to(tl.float32) * x.to(tl.float32)[None, :]
+    if POW2:
+        p = tl.sum(tl.reshape(p, [BLOCK_N, BLOCK_K // GROUP, GROUP]), axis=2)
+    return tl.sum(p * sc, axis=1)
 
 
 @triton.jit
 def _gemv_q8_kernel(out_ptr, x_ptr, q_ptr, s_ptr, g_ptr, r_ptr, N, K, s_q, s_s, eps,
                     NORM: tl.constexpr, ADD: tl.constexpr, SWIGLU: tl.constexpr,
-                    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-                    BLOCK_E: tl.constexpr, PDL: tl.constexpr):
-    """_gemv_kernel for q8_0 weights, BLOCK_G groups per tile (the first issued before the
-    PDL wait, each next one while the current is summed)."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    n_groups = K // GROUP
-    q_rows = q_ptr + rows.to(tl.int64) * s_q
-    s_rows = s_ptr + rows.to(tl.int64) * s_s
-    qu_rows = q_rows + N.to(tl.int64) * s_q
-    su_rows = s_rows + N.to(tl.int64) * s_s
-    q, sc = _q8_tile(q_rows, s_rows, 0, n_groups, rmask, BLOCK_G, GROUP, BLOCK_E)
-    if SWIGLU:
-        qu, scu = _q8_tile(qu_rows, su_rows, 0, n_groups, rmask, BLOCK_G, GROUP, BLOCK_E)
+                    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    PDL: tl.constexpr):
+    """_gemv_kernel for q8_0 weights: [BLOCK_N, BLOCK_K] int8 tiles, the first issued before
+    the PDL wait, each next one while the current is summed. SWIGLU: a tile's rows alternate
+    gate and up rows, so both halves stream as one tile."""
+    POW2: tl.constexpr = (GROUP & (GROUP - 1)) == 0
+    OUT_N: tl.constexpr = BLOCK_N // 2 if SWIGLU else BLOCK_N
+    i = tl.arange(0, BLOCK_N)
+    rows = tl.program_id(0) * OUT_N + tl.arange(0, OUT_N)      # output rows
+    if SWIGLU:              # tile row i: output i // 2's gate row (i even) or up row (i odd)
+        out_row = tl.program_id(0) * OUT_N + i // 2
+        w_rows = out_row + (i % 2) * N
+    else:
+        out_row = tl.program_id(0) * BLOCK_N + i
+        w_rows = out_row
+    rmask = out_row < N
+    q_rows = q_ptr + w_rows.to(tl.int64) * s_q
+    s_rows = s_ptr + w_rows.to(tl.int64) * s_s
+    q, sc = _q8_tile(q_rows, s_rows, 0, K, rmask, GROUP, BLOCK_K, POW2)
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
     y = tl.zeros([BLOCK_N], tl.float32)
-    y_u = tl.zeros([BLOCK_N], tl.float32)
-    ss = tl.sum(tl.zeros([BLOCK_G], tl.float32), axis=0)
-    for g0 in range(0, n_groups, BLOCK_G):
-        q_next, sc_next = _q8_tile(q_rows, s_rows, g0 + BLOCK_G, n_groups, rmask, BLOCK_G,
-                                   GROUP, BLOCK_E)
-        if SWIGLU:
-            qu_next, scu_next = _q8_tile(qu_rows, su_rows, g0 + BLOCK_G, n_groups, rmask,
-                                         BLOCK_G, GROUP, BLOCK_E)
-        e = tl.arange(0, BLOCK_E)
-        k = (g0 + tl.arange(0, BLOCK_G))[:, None] * GROUP + e[None, :]
-        kmask = k < K
-        if BLOCK_E != GROUP:
-            kmask = kmask & (e < GROUP)[None, :]
-        x = tl.load(x_ptr + k, mask=kmask, other=0.0).to(tl.float32)
+    ss = tl.zeros([BLOCK_K], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        q_next, sc_next = _q8_tile(q_rows, s_rows, k0 + BLOCK_K, K, rmask, GROUP, BLOCK_K, POW2)
+        k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
         if NORM:
-            ss += tl.sum(tl.sum(x * x, axis=1), axis=0)
-            x = x * tl.load(g_ptr + k, mask=kmask, other=0.0).to(tl.float32)
-        y += _q8_sum(q, sc, x)
+            ss += x * x
+            x = x * tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+        x = x.to(x_ptr.dtype.element_ty)            # as an unfused RMSNorm would store it
+        y += _q8_sum(q, sc, x, BLOCK_N, BLOCK_K, GROUP, POW2)
         q, sc = q_next, sc_next
-        if SWIGLU:
-            y_u += _q8_sum(qu, scu, x)
-            qu, scu = qu_next, scu_next
-    _epilogue(out_ptr, r_ptr, rows, N, y, y_u, ss, K, eps, NORM, ADD, SWIGLU)
+    y_u = y
+    if SWIGLU:
+        y, y_u = tl.split(tl.reshape(y, [OUT_N, 2]))
+    _epilogue(out_ptr, r_ptr, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, NORM, ADD, SWIGLU)
 
 
 @triton.jit
@@ -238,12 +242,11 @@ def _gemv_config(N, K):
 
 
 def _gemv_q8_config(K, group):
-    """(BLOCK_N, BLOCK_G) for one token in q8_0: 8 rows x about Q8_TILE_K values per tile
-    (a sweep of the Llama-2-7B shapes on an H100: 1.8-1.95 TB/s; whole rows of 4096 values,
-    1.4). Converting int8 to float, not memory, bounds it."""
+    """(BLOCK_N, BLOCK_K) for one token in q8_0: 4 rows x 2048 values per tile (a sweep of
+    the Llama-2-7B shapes on an H200: 2.3-3.0 TB/s; whole rows of 4096, 1.9-2.3)."""
     if interpreting():
-        return 8, min(triton.next_power_of_2(triton.cdiv(K, group)), max(1, 128 // group))
-    return 8, triton.next_power_of_2(triton.cdiv(min(K, Q8_TILE_K), group))
+        return 8, max(min(128, triton.next_power_of_2(K)), triton.next_power_of_2(group))
+    return 4, max(min(Q8_TILE_K, triton.next_power_of_2(K)), triton.next_power_of_2(group))
 
 
 def _gemm_config(M, N, fp32):
@@ -282,12 +285,10 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False):
         common = dict(NORM=g is not None, ADD=add, SWIGLU=swiglu, PDL=pdl, launch_pdl=pdl)
         g = x if g is None else g
         if q8:
-            bn, bg = _gemv_q8_config(K, group)
-            bn = max(1, bn // 2) if swiglu else bn
-            _gemv_q8_kernel[(triton.cdiv(N, bn),)](
+            bn, bk = _gemv_q8_config(K, group)
+            _gemv_q8_kernel[(triton.cdiv(N, bn // 2 if swiglu else bn),)](
                 out, x, W, S, g, residual, N, K, W.stride(0), S.stride(0), float(eps),
-                GROUP=group, BLOCK_N=bn, BLOCK_G=bg, BLOCK_E=triton.next_power_of_2(group),
-                num_warps=4, **common)
+                GROUP=group, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, **common)
             return
         bn, bk, warps = _gemv_config(W.shape[0], K)
         bn = max(1, bn // 2) if swiglu else bn           # gate and up rows: the same bytes
