@@ -229,7 +229,8 @@ def test_linear_family(dev, rng, dtype, T, N, K, op, fmt):
 
 
 @pytest.mark.parametrize("T", [1, 5])
-def test_q8_linear_with_a_file_group_that_is_not_a_power_of_two(dev, rng, T):
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_q8_linear_with_a_file_group_that_is_not_a_power_of_two(dev, rng, T, swiglu):
     """A file's int8 groups of 12 are kept as they are (plugins/int8/pack.py)."""
     N, K = 10, 36
     wq, scales = reference.quantize_groups(rng.standard_normal((N, K)).astype(np.float32), 12)
@@ -237,10 +238,18 @@ def test_q8_linear_with_a_file_group_that_is_not_a_power_of_two(dev, rng, T):
     assert meta == {"group": 12}
     w = Weight("q8_0", (N, K), {k: dev.upload(a, a.dtype.name).native for k, a in parts.items()},
                meta)
+    W = reference.dequantize_groups(wq, scales, 12)
     x = up(dev, rng.standard_normal((T, K)), "float32")
-    out = poisoned(dev, (T, N), "float32")
-    linear.linear(out, x, w)
-    close(out, reference.linear(host(x), reference.dequantize_groups(wq, scales, 12)), "float32")
+    if swiglu:
+        g = up(dev, 1 + 0.3 * rng.standard_normal(K), "float32")
+        out = poisoned(dev, (T, N // 2), "float32")
+        linear.rmsnorm_swiglu(out, x, g, 1e-5, w)
+        gu = reference.linear(reference.rmsnorm(host(x), host(g), 1e-5), W)
+        close(out, reference.silu_mul(gu[:, :N // 2], gu[:, N // 2:]), "float32")
+    else:
+        out = poisoned(dev, (T, N), "float32")
+        linear.linear(out, x, w)
+        close(out, reference.linear(host(x), W), "float32")
 
 
 # ---------------------------------------------------------------- attention
