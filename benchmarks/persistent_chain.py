@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from polyllama import get_device
 from polyllama.plugins.cuda_triton.linear import _gemv_config, _gemv_kernel
 
 
@@ -108,13 +109,6 @@ def graph_us(fn, replays=20, batches=7) -> float:
     return statistics.median(times)
 
 
-def copy_bandwidth(dev, nbytes: int = 1 << 28) -> float:
-    """Device-to-device copy rate, bytes read plus written per second."""
-    src = torch.empty(nbytes, dtype=torch.uint8, device=dev)
-    dst = torch.empty_like(src)
-    return 2 * nbytes / graph_us(lambda: dst.copy_(src)) * 1e6
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="near-empty matrices: link cost only")
@@ -130,7 +124,7 @@ def main(argv=None) -> None:
     x, g = torch.randn(D, device=dev, dtype=bf), torch.ones(D, device=dev, dtype=bf)
     qkv, h = torch.empty(QKV, device=dev, dtype=bf), torch.empty(2 * F, device=dev, dtype=bf)
     logits = torch.empty(V, device=dev, dtype=bf)
-    bandwidth = copy_bandwidth(dev)
+    bandwidth = get_device("cuda:triton").measure_bandwidth()   # as polyllama bench
     floor = nbytes / bandwidth * 1e6
     print(f"{torch.cuda.get_device_name()}: copy {bandwidth / 1e12:.3f} TB/s, weights "
           f"{nbytes / 1e9:.3f} GB, floor {floor:.1f} us")

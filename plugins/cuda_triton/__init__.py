@@ -10,7 +10,6 @@ KERNELS = {
     "rmsnorm_linear": "linear", "linear_add": "linear", "rmsnorm_swiglu": "linear",
     "sample": "sampling",
 }
-Q8_OPS = ("linear", "rmsnorm_linear", "linear_add", "rmsnorm_swiglu")   # for --quant int8
 FIX = "pip install 'polyllama[cuda-triton]'"
 
 
@@ -38,5 +37,5 @@ def register_backends(register):
 def register_kernels(register):
     for op, module in KERNELS.items():
         register("cuda_triton", op, f"{PKG}.{module}:{op}")
-    for op in Q8_OPS:
-        register("cuda_triton", op, f"{PKG}.linear:{op}", fmt="q8_0")
+        if module == "linear":          # the linear family also takes q8_0 (--quant int8)
+            register("cuda_triton", op, f"{PKG}.{module}:{op}", fmt="q8_0")

@@ -208,6 +208,8 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     block_d = max(16, triton.next_power_of_2(hd))
     qk_scale = float(scale) * LOG2E
     pdl = dict(PDL=pdl_enabled(q.device), launch_pdl=pdl_enabled(q.device))
+    fp32 = q.element_size() == 4
+    dot = dict(PRECISION="ieee" if fp32 else "tf32", DOT_F32=interpreting())
     s_c = k_cache.stride(0)
     if T == 1:
         block_s = 16 if interpreting() else 32
@@ -217,14 +219,12 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
         _decode_kernel[(KV, n_split)](
             out, part, cnt, q, k, v, k_cache, v_cache, pos, qk_scale, q.stride(1), k.stride(1),
             out.stride(1), s_c, G=G, HD=hd, N_SPLIT=n_split, BLOCK_G=block_g,
-            MERGE_G=triton.next_power_of_2(G), BLOCK_S=block_s,
-            BLOCK_D=block_d, PRECISION="ieee" if q.element_size() == 4 else "tf32",
-            DOT_F32=interpreting(), num_warps=4, **pdl)
+            MERGE_G=triton.next_power_of_2(G), BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4,
+            **dot, **pdl)
         return
     _cache_write_kernel[(T,)](k_cache, v_cache, k, v, pos, KV, k.stride(0), k.stride(1),
                               v.stride(0), v.stride(1), s_c, HD=hd,
                               BLOCK_KV=triton.next_power_of_2(KV), BLOCK_D=block_d, **pdl)
-    fp32 = q.element_size() == 4
     if interpreting():
         bm, bn, warps, stages = 16, 16, 4, 1
     elif fp32:
@@ -233,7 +233,6 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
         bm, bn, warps, stages = 128, 64, 8, 2
     _prefill_kernel[(triton.cdiv(T, bm), H)](
         out, q, k_cache, v_cache, pos, T, qk_scale, q.stride(0), q.stride(1), out.stride(0),
-        out.stride(1), s_c, G=G, HD=hd, PRECISION="ieee" if fp32 else "tf32",
-        DOT_F32=interpreting(), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps,
-        num_stages=stages, **pdl)
+        out.stride(1), s_c, G=G, HD=hd, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d,
+        num_warps=warps, num_stages=stages, **dot, **pdl)
 

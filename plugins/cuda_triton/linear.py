@@ -244,9 +244,8 @@ def _gemv_config(N, K):
 def _gemv_q8_config(K, group):
     """(BLOCK_N, BLOCK_K) for one token in q8_0: 4 rows x 2048 values per tile (a sweep of
     the Llama-2-7B shapes on an H200: 2.3-3.0 TB/s; whole rows of 4096, 1.9-2.3)."""
-    if interpreting():
-        return 8, max(min(128, triton.next_power_of_2(K)), triton.next_power_of_2(group))
-    return 4, max(min(Q8_TILE_K, triton.next_power_of_2(K)), triton.next_power_of_2(group))
+    rows, tile = (8, 128) if interpreting() else (4, Q8_TILE_K)
+    return rows, max(min(tile, triton.next_power_of_2(K)), triton.next_power_of_2(group))
 
 
 def _gemm_config(M, N, fp32):
