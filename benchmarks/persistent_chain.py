@@ -109,44 +109,79 @@ def graph_us(fn, replays=20, batches=7) -> float:
     return statistics.median(times)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tiny", action="store_true", help="near-empty matrices: link cost only")
-    args = p.parse_args(argv)
-    L, D, F, V, QKV = (22, 256, 512, 512, 256) if args.tiny else (22, 2048, 5632, 32000, 2560)
-    dev, bf = torch.device("cuda"), torch.bfloat16
-    torch.manual_seed(0)
-    wqkv, wo = (torch.randn(L, n, D, device=dev, dtype=bf) * 0.02 for n in (QKV, D))
-    w13 = torch.randn(L, 2 * F, D, device=dev, dtype=bf) * 0.02
-    w2 = torch.randn(L, D, F, device=dev, dtype=bf) * 0.02
-    wout = torch.randn(V, D, device=dev, dtype=bf) * 0.02
-    nbytes = 2 * sum(t.numel() for t in (wqkv, wo, w13, w2, wout))
-    x, g = torch.randn(D, device=dev, dtype=bf), torch.ones(D, device=dev, dtype=bf)
-    qkv, h = torch.empty(QKV, device=dev, dtype=bf), torch.empty(2 * F, device=dev, dtype=bf)
-    logits = torch.empty(V, device=dev, dtype=bf)
-    bandwidth = get_device("cuda:triton").measure_bandwidth()   # as polyllama bench
-    floor = nbytes / bandwidth * 1e6
-    print(f"{torch.cuda.get_device_name()}: copy {bandwidth / 1e12:.3f} TB/s, weights "
-          f"{nbytes / 1e9:.3f} GB, floor {floor:.1f} us")
+class TinyLlamaGemvs:
+    """TinyLlama's decode GEMV weights (random, bf16) and the chain of cuda:triton GEMV
+    kernels over them: per layer qkv = W_qkv rms(x), x += W_o qkv[:D],
+    h = silu * up of W_13 rms(x), x += W_2 h; then logits = W_out rms(x)."""
 
-    def gemv(out, inp, W, norm, add, swiglu=False):
+    def __init__(self, tiny: bool):
+        self.shape = L, D, F, V, QKV = ((22, 256, 512, 512, 256) if tiny
+                                        else (22, 2048, 5632, 32000, 2560))
+        dev, bf = torch.device("cuda"), torch.bfloat16
+        torch.manual_seed(0)
+        self.wqkv, self.wo = (torch.randn(L, n, D, device=dev, dtype=bf) * 0.02 for n in (QKV, D))
+        self.w13 = torch.randn(L, 2 * F, D, device=dev, dtype=bf) * 0.02
+        self.w2 = torch.randn(L, D, F, device=dev, dtype=bf) * 0.02
+        self.wout = torch.randn(V, D, device=dev, dtype=bf) * 0.02
+        self.nbytes = 2 * sum(t.numel() for t in (self.wqkv, self.wo, self.w13, self.w2,
+                                                   self.wout))
+        self.x = torch.randn(D, device=dev, dtype=bf)
+        self.g = torch.ones(D, device=dev, dtype=bf)
+        self.qkv = torch.empty(QKV, device=dev, dtype=bf)
+        self.h = torch.empty(2 * F, device=dev, dtype=bf)
+        self.logits = torch.empty(V, device=dev, dtype=bf)
+        self.bandwidth = get_device("cuda:triton").measure_bandwidth()   # as polyllama bench
+        self.floor_us = self.nbytes / self.bandwidth * 1e6
+
+    def _gemv(self, out, inp, W, norm, add, swiglu=False):
         N, K = (W.shape[0] // 2 if swiglu else W.shape[0]), W.shape[1]
         bn, bk, warps = _gemv_config(W.shape[0], K)
         bn = max(1, bn // 2) if swiglu else bn
         _gemv_kernel[(triton.cdiv(N, bn),)](
-            out, inp, W, g, out, N, K, W.stride(0), 1e-5, NORM=norm, ADD=add, SWIGLU=swiglu,
-            BLOCK_N=bn, BLOCK_K=bk, ONE_TILE=K <= bk, PDL=True, num_warps=warps,
-            launch_pdl=True)
+            out, inp, W, self.g, out, N, K, W.stride(0), 1e-5, NORM=norm, ADD=add,
+            SWIGLU=swiglu, BLOCK_N=bn, BLOCK_K=bk, ONE_TILE=K <= bk, PDL=True,
+            num_warps=warps, launch_pdl=True)
 
-    def chain():
+    def chain(self):
+        """One GEMV kernel per matrix, each launched with PDL."""
+        for i in range(self.shape[0]):
+            self._gemv(self.qkv, self.x, self.wqkv[i], True, False)
+            self._gemv(self.x, self.qkv, self.wo[i], False, True)
+            self._gemv(self.h, self.x, self.w13[i], True, False, swiglu=True)
+            self._gemv(self.x, self.h, self.w2[i], False, True)
+        self._gemv(self.logits, self.x, self.wout, True, False)
+
+    def reference(self, x0: torch.Tensor) -> torch.Tensor:
+        """The same data flow in float64 from x0 (the residual stream kept unrounded)."""
+        L, D, F, _, _ = self.shape
+        g = self.g.double()
+
+        def rms(v):
+            return v / torch.sqrt((v * v).mean() + 1e-5) * g
+
+        h = x0.double()
         for i in range(L):
-            gemv(qkv, x, wqkv[i], True, False)
-            gemv(x, qkv, wo[i], False, True)
-            gemv(h, x, w13[i], True, False, swiglu=True)
-            gemv(x, h, w2[i], False, True)
-        gemv(logits, x, wout, True, False)
+            qkv = self.wqkv[i].double() @ rms(h)
+            h = h + self.wo[i].double() @ qkv[:D]
+            a = self.w13[i].double() @ rms(h)
+            h = h + self.w2[i].double() @ (torch.nn.functional.silu(a[:F]) * a[F:])
+        return self.wout.double() @ rms(h)
 
-    us = graph_us(chain)
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="near-empty matrices: link cost only")
+    args = p.parse_args(argv)
+    w = TinyLlamaGemvs(args.tiny)
+    L, D, F, V, QKV = w.shape
+    wqkv, wo, w13, w2, wout = w.wqkv, w.wo, w.w13, w.w2, w.wout
+    x, qkv, h, logits = w.x, w.qkv, w.h, w.logits
+    floor = w.floor_us
+    dev = x.device
+    print(f"{torch.cuda.get_device_name()}: copy {w.bandwidth / 1e12:.3f} TB/s, weights "
+          f"{w.nbytes / 1e9:.3f} GB, floor {floor:.1f} us")
+
+    us = graph_us(w.chain)
     print(f"chain of {4 * L + 1} GEMV kernels (PDL)       {us:8.1f} us  "
           f"{100 * floor / us:5.1f}% of the floor")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count

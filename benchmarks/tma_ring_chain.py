@@ -1,0 +1,295 @@
+"""Can a persistent kernel fed by a TMA weight ring beat a chain of GEMV kernels?
+
+TinyLlama's decode GEMVs (22 x [qkv, o, w13, w2] + classifier, bf16, random weights, the
+same data flow as `persistent_chain.py`) as one persistent Gluon kernel (Hopper, Triton
+>= 3.6), against the chain of cuda:triton GEMV kernels with programmatic dependent launch,
+each replayed as a CUDA graph:
+  - a program per multiprocessor owns an equal share of every matrix's [BN, 256] tiles;
+  - a producer warp streams those tiles, stage after stage, through TMA into an NS-deep
+    shared-memory ring; it never waits for activations, so weights keep arriving while the
+    consumer warps wait for the previous stage;
+  - the consumer warps stage the input vector (rmsnorm, or silu(gate) * up) in shared
+    memory, multiply the tiles by it and add each row block's sums into the stage's float32
+    output with atomics; a stage starts once every program has arrived on its counter.
+Rows printed per tile shape:
+  barriers        the real thing (its result checked against a float64 reference);
+  streaming only  no waits between stages (wrong result): the weight stream alone;
+  consumer only   the producer loads nothing: stages, barriers and arithmetic alone.
+
+    python benchmarks/tma_ring_chain.py [--timeline]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+import persistent_chain
+
+BK = 256   # tile width: a row's K chunk
+
+
+@gluon.jit
+def _stage(s, L, c, P, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr,
+           QKV: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr):
+    """Stage s -> (matrix: 0 qkv, 1 o, 2 w13, 3 w2, 4 classifier; layer; rows; K chunks;
+    this program's tiles [t0, t1), numbered row block major)."""
+    layer = s // 4
+    m = s % 4
+    if s == 4 * L:
+        m = 4
+    N = QKV
+    K = D
+    if m == 1:
+        N = D
+    if m == 2:
+        N = 2 * F
+    if m == 3:
+        N = D
+        K = F
+    if m == 4:
+        N = V
+    KC = K // BK
+    T = gl.cdiv(N, BN) * KC
+    return m, layer, N, KC, (c * T) // P, ((c + 1) * T) // P
+
+
+@gluon.jit
+def _producer(dq, do, d13, d2, dout, ring, ready, empty, L, D: gl.constexpr, F: gl.constexpr,
+              V: gl.constexpr, QKV: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
+              NS: gl.constexpr, WEIGHTS: gl.constexpr):
+    """One warp: this program's weight tiles, every stage in order, into the ring."""
+    c = gl.program_id(0)
+    P = gl.num_programs(0)
+    g = 0
+    for s in range(4 * L + 1):
+        m, layer, N, KC, t0, t1 = _stage(s, L, c, P, D, F, V, QKV, BN, BK)
+        for t in range(t0, t1):
+            slot = g % NS
+            mbarrier.wait(empty.index(slot), ((g // NS) & 1) ^ 1)
+            bar = ready.index(slot)
+            dst = ring.index(slot)
+            row = (t // KC) * BN
+            k = (t % KC) * BK
+            if WEIGHTS:
+                mbarrier.expect(bar, dq.block_type.nbytes)
+                if m == 0:
+                    tma.async_copy_global_to_shared(dq, [layer * QKV + row, k], bar, dst)
+                elif m == 1:
+                    tma.async_copy_global_to_shared(do, [layer * D + row, k], bar, dst)
+                elif m == 2:
+                    tma.async_copy_global_to_shared(d13, [layer * 2 * F + row, k], bar, dst)
+                elif m == 3:
+                    tma.async_copy_global_to_shared(d2, [layer * D + row, k], bar, dst)
+                else:
+                    tma.async_copy_global_to_shared(dout, [row, k], bar, dst)
+            else:
+                mbarrier.arrive(bar)
+            g += 1
+
+
+@gluon.jit
+def _stage_input(x_smem, in_ptr, g_ptr, MODE: gl.constexpr, K: gl.constexpr, XL: gl.constexpr,
+                 KCP: gl.constexpr, BK: gl.constexpr):
+    """The stage's input vector, loaded in one go, into shared memory as [K chunk, BK].
+    MODE 0: in * g (the returned rms factor scales the sums); 1: in; 2: silu(in[:K]) * in[K:]."""
+    r = gl.arange(0, KCP, layout=gl.SliceLayout(1, XL))
+    cc = gl.arange(0, BK, layout=gl.SliceLayout(0, XL))
+    offs = gl.expand_dims(r, 1) * BK + gl.expand_dims(cc, 0)
+    mask = offs < K
+    v = gl.load(in_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+    rstd = 1.0
+    if MODE == 0:
+        rstd = gl.rsqrt(gl.sum(gl.sum(v * v, axis=1), axis=0) / K + 1e-5)
+        v = v * gl.load(g_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+    elif MODE == 2:
+        b = gl.load(in_ptr + K + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        v = v / (1.0 + gl.exp(-v)) * b
+    x_smem._reinterpret(gl.bfloat16, [KCP, BK], gl.SwizzledSharedLayout(1, 1, 1, [1, 0])).store(
+        v.to(gl.bfloat16))
+    return rstd
+
+
+@gluon.jit
+def _stamp(ptr, TIMELINE: gl.constexpr):
+    """--timeline: the global timer (ns) into ptr."""
+    if TIMELINE:
+        t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [gl.program_id(0)],
+                                      dtype=gl.int64, is_pure=False, pack=1)
+        gl.store(ptr, t)
+
+
+@gluon.jit
+def _wait_stage(cnt_ptr, target):
+    v = gl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+    while v < target:
+        v = gl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+    gl.thread_barrier()
+
+
+@gluon.jit
+def _consumer(ring, ready, empty, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, logit_ptr, cnt_ptr,
+              L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr, QKV: gl.constexpr,
+              BN: gl.constexpr, BK: gl.constexpr, NS: gl.constexpr, BARRIERS: gl.constexpr,
+              DC: gl.constexpr, FC: gl.constexpr, time_ptr, TIMELINE: gl.constexpr):
+    NW: gl.constexpr = gl.num_warps()
+    TILE: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NW, 1], [1, 0])
+    XL: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
+    COL: gl.constexpr = gl.SliceLayout(0, TILE)
+    rows0 = gl.arange(0, BN, layout=gl.SliceLayout(1, TILE))
+    c = gl.program_id(0)
+    P = gl.num_programs(0)
+    g = 0
+    for s in range(4 * L + 1):
+        m, layer, N, KC, t0, t1 = _stage(s, L, c, P, D, F, V, QKV, BN, BK)
+        stamps = time_ptr + (c * (4 * L + 1) + s) * 3
+        if BARRIERS:
+            if s > 0:
+                _wait_stage(cnt_ptr + s - 1, P)
+        gl.thread_barrier()
+        _stamp(stamps, TIMELINE)
+        out_ptr = h_ptr   # o and w2 add into the residual stream
+        rstd = 1.0
+        if m == 0:
+            out_ptr = qkv_ptr + layer * QKV
+            rstd = _stage_input(x_smem, h_ptr, g_ptr, 0, D, XL, DC, BK)
+        elif m == 1:
+            _stage_input(x_smem, qkv_ptr + layer * QKV, g_ptr, 1, D, XL, DC, BK)
+        elif m == 2:
+            out_ptr = a13_ptr + layer * 2 * F
+            rstd = _stage_input(x_smem, h_ptr, g_ptr, 0, D, XL, DC, BK)
+        elif m == 3:
+            _stage_input(x_smem, a13_ptr + layer * 2 * F, g_ptr, 2, F, XL, FC, BK)
+        else:
+            out_ptr = logit_ptr
+            rstd = _stage_input(x_smem, h_ptr, g_ptr, 0, D, XL, DC, BK)
+        gl.thread_barrier()
+        _stamp(stamps + 1, TIMELINE)
+        t = t0
+        while t < t1:   # a row block (or the part of one this program owns)
+            rb = t // KC
+            kc0 = t - rb * KC
+            kc1 = gl.minimum(KC, kc0 + t1 - t)
+            acc = gl.full([BN, BK], 0.0, gl.float32, layout=TILE)
+            for kc in range(kc0, kc1):
+                slot = g % NS
+                x = x_smem.index(kc).load(COL)
+                mbarrier.wait(ready.index(slot), (g // NS) & 1)
+                w = ring.index(slot).load(TILE)
+                gl.thread_barrier()   # every warp has read the slot: hand it back
+                mbarrier.arrive(empty.index(slot))
+                acc += w.to(gl.float32) * gl.expand_dims(x.to(gl.float32), 0)
+                g += 1
+            rows = rb * BN + rows0
+            gl.atomic_add(out_ptr + rows, gl.sum(acc, axis=1) * rstd, mask=rows < N,
+                          sem="relaxed")
+            t += kc1 - kc0
+        _stamp(stamps + 2, TIMELINE)
+        if BARRIERS:
+            gl.thread_barrier()
+            gl.atomic_add(cnt_ptr + s, 1, sem="release", scope="gpu")
+
+
+@gluon.jit
+def _ring_chain_kernel(dq, do, d13, d2, dout, h_ptr, g_ptr, qkv_ptr, a13_ptr, logit_ptr,
+                       cnt_ptr, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr,
+                       QKV: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
+                       NS: gl.constexpr, BARRIERS: gl.constexpr, WEIGHTS: gl.constexpr,
+                       DC: gl.constexpr, FC: gl.constexpr, time_ptr, TIMELINE: gl.constexpr):
+    ring = gl.allocate_shared_memory(gl.bfloat16, [NS, BN, BK], dq.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
+    x_smem = gl.allocate_shared_memory(gl.bfloat16, [FC, BK],
+                                       gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    for i in gl.static_range(NS):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+    gl.warp_specialize([
+        (_consumer, (ring, ready, empty, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, logit_ptr,
+                     cnt_ptr, L, D, F, V, QKV, BN, BK, NS, BARRIERS, DC, FC, time_ptr,
+                     TIMELINE)),
+        (_producer, (dq, do, d13, d2, dout, ring, ready, empty, L, D, F, V, QKV, BN, BK, NS,
+                     WEIGHTS)),
+    ], [1], [40])
+
+
+def print_timeline(stamps: torch.Tensor, L: int) -> None:
+    """Where a stage's time goes, per matrix, from the consumers' time stamps [P, S, 3]
+    (stage start after the wait, input staged, last tile done), in microseconds."""
+    t = stamps.double().cpu() / 1e3
+    start, staged, done = t[..., 0], t[..., 1], t[..., 2]
+    last_done = done.max(dim=0).values
+    print("  matrix      wait after the last arrival   input staging   tiles (mean / max)")
+    for m, name in enumerate(("qkv", "o", "w13", "w2", "classifier")):
+        stages = [s for s in range(1, 4 * L + 1) if (s % 4 == m and s < 4 * L) or
+                  (m == 4 and s == 4 * L)]
+        wait = torch.stack([start[:, s] - last_done[s - 1] for s in stages])
+        staging = torch.stack([staged[:, s] - start[:, s] for s in stages])
+        tiles = torch.stack([done[:, s] - staged[:, s] for s in stages])
+        print(f"  {name:10s}  {wait.mean():8.2f} (max {wait.max(dim=1).values.mean():5.2f})"
+              f"          {staging.mean():6.2f}        {tiles.mean():6.2f} / "
+              f"{tiles.max(dim=1).values.mean():6.2f}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--timeline", action="store_true",
+                   help="also time each stage's parts (one extra run per tile shape)")
+    args = p.parse_args(argv)
+    w = persistent_chain.TinyLlamaGemvs(tiny=False)
+    L, D, F, V, QKV = w.shape
+    print(f"{torch.cuda.get_device_name()}: copy {w.bandwidth / 1e12:.3f} TB/s, weights "
+          f"{w.nbytes / 1e9:.3f} GB, floor {w.floor_us:.1f} us")
+    us = persistent_chain.graph_us(w.chain)
+    print(f"chain of {4 * L + 1} GEMV kernels (PDL)                 {us:8.1f} us  "
+          f"{100 * w.floor_us / us:5.1f}% of the floor")
+
+    dev = w.x.device
+    x0 = torch.randn(D, device=dev, dtype=torch.float64)
+    ref = w.reference(x0)
+    h = torch.empty(D, device=dev, dtype=torch.float32)
+    qkv = torch.empty(L * QKV, device=dev, dtype=torch.float32)
+    a13 = torch.empty(L * 2 * F, device=dev, dtype=torch.float32)
+    logits = torch.empty(V, device=dev, dtype=torch.float32)
+    counters = torch.empty(4 * L + 1, device=dev, dtype=torch.int32)
+    stamps = torch.zeros(torch.cuda.get_device_properties(dev).multi_processor_count,
+                         4 * L + 1, 3, device=dev, dtype=torch.int64)
+    stacked = [t.reshape(-1, t.shape[-1]) for t in (w.wqkv, w.wo, w.w13, w.w2, w.wout)]
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    unswizzled = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
+    for bn, ns, warps in ((32, 8, 8), (32, 12, 8), (64, 6, 8)):
+        descs = [TensorDescriptor.from_tensor(t, [bn, BK], unswizzled) for t in stacked]
+        for label, barriers, weights in (("barriers", True, True),
+                                         ("streaming only", False, True),
+                                         ("consumer only", True, False)):
+            def step(timeline=False):
+                for t in (qkv, a13, logits, counters):
+                    t.zero_()
+                h.copy_(x0)
+                _ring_chain_kernel[(sms,)](
+                    *descs, h, w.g, qkv, a13, logits, counters, L, D=D, F=F, V=V, QKV=QKV,
+                    BN=bn, BK=BK, NS=ns, BARRIERS=barriers, WEIGHTS=weights,
+                    DC=triton.next_power_of_2(D // BK), FC=triton.next_power_of_2(F // BK),
+                    time_ptr=stamps, TIMELINE=timeline, num_warps=warps)
+            step()
+            err = ((logits.double() - ref).abs().max() / ref.abs().max()).item()
+            # each stage's input is rounded to bf16 (about 1e-2 off float64 at the end);
+            # a stage that starts before its input is complete is off by order 1
+            if label == "barriers" and err > 3e-2:
+                raise SystemExit(f"wrong result: max relative error {err:.2e}")
+            us = persistent_chain.graph_us(step)
+            print(f"ring of {ns:2d} x [{bn}, {BK}], {warps} consumer warps, {label:14s} "
+                  f"{us:8.1f} us  {100 * w.floor_us / us:5.1f}% of the floor")
+            if args.timeline and label == "barriers":
+                step(timeline=True)
+                torch.cuda.synchronize()
+                print_timeline(stamps, L)
+
+
+if __name__ == "__main__":
+    main()
