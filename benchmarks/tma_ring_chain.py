@@ -4,13 +4,14 @@ TinyLlama's decode GEMVs (22 x [qkv, o, w13, w2] + classifier, bf16, random weig
 same data flow as `persistent_chain.py`) as one persistent Gluon kernel (Hopper, Triton
 >= 3.6), against the chain of cuda:triton GEMV kernels with programmatic dependent launch,
 each replayed as a CUDA graph:
-  - a program per multiprocessor owns an equal share of every matrix's [BN, 256] tiles;
-  - a producer warp streams those tiles, stage after stage, through TMA into an NS-deep
-    shared-memory ring; it never waits for activations, so weights keep arriving while the
-    consumer warps wait for the previous stage;
+  - a program per multiprocessor; its producer warp claims row blocks ([BN, K] weights)
+    of each stage in turn from an atomic counter, so a program whose memory is served
+    faster takes more, and streams their [BN, 256] tiles through TMA into an NS-deep
+    shared-memory ring; it never waits for activations, so weights keep arriving while
+    the consumer warps wait for the previous stage;
   - the consumer warps stage the input vector (rmsnorm, or silu(gate) * up) in shared
-    memory, multiply the tiles by it and add each row block's sums into the stage's float32
-    output with atomics; a stage starts once every program has arrived on its counter.
+    memory, multiply each claimed row block by it and store its rows of the stage's
+    float32 output; a stage starts once every program has arrived on its counter.
 Rows printed per tile shape:
   barriers        the real thing (its result checked against a float64 reference);
   streaming only  no waits between stages (wrong result): the weight stream alone;
@@ -35,10 +36,10 @@ BK = 256   # tile width: a row's K chunk
 
 
 @gluon.jit
-def _stage(s, L, c, P, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr,
-           QKV: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr):
+def _stage(s, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr, QKV: gl.constexpr,
+           BN: gl.constexpr, BK: gl.constexpr):
     """Stage s -> (matrix: 0 qkv, 1 o, 2 w13, 3 w2, 4 classifier; layer; rows; K chunks;
-    this program's tiles [t0, t1), numbered row block major)."""
+    row blocks)."""
     layer = s // 4
     m = s % 4
     if s == 4 * L:
@@ -54,43 +55,53 @@ def _stage(s, L, c, P, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr,
         K = F
     if m == 4:
         N = V
-    KC = K // BK
-    T = gl.cdiv(N, BN) * KC
-    return m, layer, N, KC, (c * T) // P, ((c + 1) * T) // P
+    return m, layer, N, K // BK, gl.cdiv(N, BN)
 
 
 @gluon.jit
-def _producer(dq, do, d13, d2, dout, ring, ready, empty, L, D: gl.constexpr, F: gl.constexpr,
-              V: gl.constexpr, QKV: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
-              NS: gl.constexpr, WEIGHTS: gl.constexpr):
-    """One warp: this program's weight tiles, every stage in order, into the ring."""
-    c = gl.program_id(0)
-    P = gl.num_programs(0)
+def _producer(dq, do, d13, d2, dout, ring, ready, empty, ids, claim_ptr, L, D: gl.constexpr,
+              F: gl.constexpr, V: gl.constexpr, QKV: gl.constexpr, BN: gl.constexpr,
+              BK: gl.constexpr, NS: gl.constexpr, WEIGHTS: gl.constexpr):
+    """One warp: claims row blocks of each stage in turn (an atomic counter per stage, so a
+    program that streams faster takes more), streams their tiles into the ring, and marks
+    the end of its share of a stage with an empty slot whose id is -1."""
+    ONE: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     g = 0
     for s in range(4 * L + 1):
-        m, layer, N, KC, t0, t1 = _stage(s, L, c, P, D, F, V, QKV, BN, BK)
-        for t in range(t0, t1):
-            slot = g % NS
-            mbarrier.wait(empty.index(slot), ((g // NS) & 1) ^ 1)
-            bar = ready.index(slot)
-            dst = ring.index(slot)
-            row = (t // KC) * BN
-            k = (t % KC) * BK
-            if WEIGHTS:
-                mbarrier.expect(bar, dq.block_type.nbytes)
-                if m == 0:
-                    tma.async_copy_global_to_shared(dq, [layer * QKV + row, k], bar, dst)
-                elif m == 1:
-                    tma.async_copy_global_to_shared(do, [layer * D + row, k], bar, dst)
-                elif m == 2:
-                    tma.async_copy_global_to_shared(d13, [layer * 2 * F + row, k], bar, dst)
-                elif m == 3:
-                    tma.async_copy_global_to_shared(d2, [layer * D + row, k], bar, dst)
+        m, layer, N, KC, NRB = _stage(s, L, D, F, V, QKV, BN, BK)
+        rb = gl.atomic_add(claim_ptr + s, 1, sem="relaxed")
+        while rb < NRB:
+            row = rb * BN
+            for kc in range(KC):
+                slot = g % NS
+                mbarrier.wait(empty.index(slot), ((g // NS) & 1) ^ 1)
+                ids.index(slot).store(gl.full([1], rb, gl.int32, layout=ONE))
+                gl.thread_barrier()
+                bar = ready.index(slot)
+                dst = ring.index(slot)
+                k = kc * BK
+                if WEIGHTS:
+                    mbarrier.expect(bar, dq.block_type.nbytes)
+                    if m == 0:
+                        tma.async_copy_global_to_shared(dq, [layer * QKV + row, k], bar, dst)
+                    elif m == 1:
+                        tma.async_copy_global_to_shared(do, [layer * D + row, k], bar, dst)
+                    elif m == 2:
+                        tma.async_copy_global_to_shared(d13, [layer * 2 * F + row, k], bar, dst)
+                    elif m == 3:
+                        tma.async_copy_global_to_shared(d2, [layer * D + row, k], bar, dst)
+                    else:
+                        tma.async_copy_global_to_shared(dout, [row, k], bar, dst)
                 else:
-                    tma.async_copy_global_to_shared(dout, [row, k], bar, dst)
-            else:
-                mbarrier.arrive(bar)
-            g += 1
+                    mbarrier.arrive(bar)
+                g += 1
+            rb = gl.atomic_add(claim_ptr + s, 1, sem="relaxed")
+        slot = g % NS
+        mbarrier.wait(empty.index(slot), ((g // NS) & 1) ^ 1)
+        ids.index(slot).store(gl.full([1], -1, gl.int32, layout=ONE))
+        gl.thread_barrier()
+        mbarrier.arrive(ready.index(slot))
+        g += 1
 
 
 @gluon.jit
@@ -133,20 +144,30 @@ def _wait_stage(cnt_ptr, target):
 
 
 @gluon.jit
-def _consumer(ring, ready, empty, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, logit_ptr, cnt_ptr,
-              L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr, QKV: gl.constexpr,
-              BN: gl.constexpr, BK: gl.constexpr, NS: gl.constexpr, BARRIERS: gl.constexpr,
-              DC: gl.constexpr, FC: gl.constexpr, time_ptr, TIMELINE: gl.constexpr):
+def _next_id(ready, ids, g, NS: gl.constexpr, ONE: gl.constexpr):
+    """Wait for ring slot g and read which row block it holds (-1: end of the stage)."""
+    slot = g % NS
+    mbarrier.wait(ready.index(slot), (g // NS) & 1)
+    return gl.max(ids.index(slot).load(ONE), axis=0)
+
+
+@gluon.jit
+def _consumer(ring, ready, empty, ids, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, logit_ptr,
+              cnt_ptr, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr,
+              QKV: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, NS: gl.constexpr,
+              BARRIERS: gl.constexpr, DC: gl.constexpr, FC: gl.constexpr, time_ptr,
+              TIMELINE: gl.constexpr):
     NW: gl.constexpr = gl.num_warps()
     TILE: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NW, 1], [1, 0])
     XL: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
+    ONE: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
     COL: gl.constexpr = gl.SliceLayout(0, TILE)
     rows0 = gl.arange(0, BN, layout=gl.SliceLayout(1, TILE))
     c = gl.program_id(0)
     P = gl.num_programs(0)
     g = 0
     for s in range(4 * L + 1):
-        m, layer, N, KC, t0, t1 = _stage(s, L, c, P, D, F, V, QKV, BN, BK)
+        m, layer, N, KC, NRB = _stage(s, L, D, F, V, QKV, BN, BK)
         stamps = time_ptr + (c * (4 * L + 1) + s) * 3
         if BARRIERS:
             if s > 0:
@@ -170,13 +191,10 @@ def _consumer(ring, ready, empty, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, logit_
             rstd = _stage_input(x_smem, h_ptr, g_ptr, 0, D, XL, DC, BK)
         gl.thread_barrier()
         _stamp(stamps + 1, TIMELINE)
-        t = t0
-        while t < t1:   # a row block (or the part of one this program owns)
-            rb = t // KC
-            kc0 = t - rb * KC
-            kc1 = gl.minimum(KC, kc0 + t1 - t)
+        rb = _next_id(ready, ids, g, NS, ONE)
+        while rb >= 0:   # a claimed row block, whole
             acc = gl.full([BN, BK], 0.0, gl.float32, layout=TILE)
-            for kc in range(kc0, kc1):
+            for kc in range(KC):
                 slot = g % NS
                 x = x_smem.index(kc).load(COL)
                 mbarrier.wait(ready.index(slot), (g // NS) & 1)
@@ -186,9 +204,14 @@ def _consumer(ring, ready, empty, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, logit_
                 acc += w.to(gl.float32) * gl.expand_dims(x.to(gl.float32), 0)
                 g += 1
             rows = rb * BN + rows0
-            gl.atomic_add(out_ptr + rows, gl.sum(acc, axis=1) * rstd, mask=rows < N,
-                          sem="relaxed")
-            t += kc1 - kc0
+            y = gl.sum(acc, axis=1) * rstd
+            if (m == 1) | (m == 3):   # this program owns these rows of the residual stream
+                y += gl.load(out_ptr + rows, mask=rows < N, other=0.0, cache_modifier=".cg")
+            gl.store(out_ptr + rows, y, mask=rows < N)
+            rb = _next_id(ready, ids, g, NS, ONE)
+        gl.thread_barrier()   # the end-of-stage slot: hand it back
+        mbarrier.arrive(empty.index(g % NS))
+        g += 1
         _stamp(stamps + 2, TIMELINE)
         if BARRIERS:
             gl.thread_barrier()
@@ -197,24 +220,25 @@ def _consumer(ring, ready, empty, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, logit_
 
 @gluon.jit
 def _ring_chain_kernel(dq, do, d13, d2, dout, h_ptr, g_ptr, qkv_ptr, a13_ptr, logit_ptr,
-                       cnt_ptr, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr,
+                       cnt_ptr, claim_ptr, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr,
                        QKV: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
                        NS: gl.constexpr, BARRIERS: gl.constexpr, WEIGHTS: gl.constexpr,
                        DC: gl.constexpr, FC: gl.constexpr, time_ptr, TIMELINE: gl.constexpr):
     ring = gl.allocate_shared_memory(gl.bfloat16, [NS, BN, BK], dq.layout)
     ready = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
+    ids = gl.allocate_shared_memory(gl.int32, [NS, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     x_smem = gl.allocate_shared_memory(gl.bfloat16, [FC, BK],
                                        gl.SwizzledSharedLayout(1, 1, 1, [0]))
     for i in gl.static_range(NS):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
     gl.warp_specialize([
-        (_consumer, (ring, ready, empty, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, logit_ptr,
-                     cnt_ptr, L, D, F, V, QKV, BN, BK, NS, BARRIERS, DC, FC, time_ptr,
-                     TIMELINE)),
-        (_producer, (dq, do, d13, d2, dout, ring, ready, empty, L, D, F, V, QKV, BN, BK, NS,
-                     WEIGHTS)),
+        (_consumer, (ring, ready, empty, ids, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr,
+                     logit_ptr, cnt_ptr, L, D, F, V, QKV, BN, BK, NS, BARRIERS, DC, FC,
+                     time_ptr, TIMELINE)),
+        (_producer, (dq, do, d13, d2, dout, ring, ready, empty, ids, claim_ptr, L, D, F, V,
+                     QKV, BN, BK, NS, WEIGHTS)),
     ], [1], [40])
 
 
@@ -246,7 +270,7 @@ def main(argv=None) -> None:
     print(f"{torch.cuda.get_device_name()}: copy {w.bandwidth / 1e12:.3f} TB/s, weights "
           f"{w.nbytes / 1e9:.3f} GB, floor {w.floor_us:.1f} us")
     us = persistent_chain.graph_us(w.chain)
-    print(f"chain of {4 * L + 1} GEMV kernels (PDL)                 {us:8.1f} us  "
+    print(f"chain of {4 * L + 1} GEMV kernels (PDL)                  {us:8.1f} us  "
           f"{100 * w.floor_us / us:5.1f}% of the floor")
 
     dev = w.x.device
@@ -256,24 +280,22 @@ def main(argv=None) -> None:
     qkv = torch.empty(L * QKV, device=dev, dtype=torch.float32)
     a13 = torch.empty(L * 2 * F, device=dev, dtype=torch.float32)
     logits = torch.empty(V, device=dev, dtype=torch.float32)
-    counters = torch.empty(4 * L + 1, device=dev, dtype=torch.int32)
-    stamps = torch.zeros(torch.cuda.get_device_properties(dev).multi_processor_count,
-                         4 * L + 1, 3, device=dev, dtype=torch.int64)
-    stacked = [t.reshape(-1, t.shape[-1]) for t in (w.wqkv, w.wo, w.w13, w.w2, w.wout)]
+    counters = torch.empty(2, 4 * L + 1, device=dev, dtype=torch.int32)   # arrivals, claims
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    stamps = torch.zeros(sms, 4 * L + 1, 3, device=dev, dtype=torch.int64)
+    stacked = [t.reshape(-1, t.shape[-1]) for t in (w.wqkv, w.wo, w.w13, w.w2, w.wout)]
     unswizzled = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
-    for bn, ns, warps in ((32, 8, 8), (32, 12, 8), (64, 6, 8)):
+    for bn, ns, warps in ((32, 12, 8), (16, 24, 8), (64, 6, 8)):
         descs = [TensorDescriptor.from_tensor(t, [bn, BK], unswizzled) for t in stacked]
         for label, barriers, weights in (("barriers", True, True),
                                          ("streaming only", False, True),
                                          ("consumer only", True, False)):
             def step(timeline=False):
-                for t in (qkv, a13, logits, counters):
-                    t.zero_()
+                counters.zero_()
                 h.copy_(x0)
                 _ring_chain_kernel[(sms,)](
-                    *descs, h, w.g, qkv, a13, logits, counters, L, D=D, F=F, V=V, QKV=QKV,
-                    BN=bn, BK=BK, NS=ns, BARRIERS=barriers, WEIGHTS=weights,
+                    *descs, h, w.g, qkv, a13, logits, counters[0], counters[1], L, D=D, F=F,
+                    V=V, QKV=QKV, BN=bn, BK=BK, NS=ns, BARRIERS=barriers, WEIGHTS=weights,
                     DC=triton.next_power_of_2(D // BK), FC=triton.next_power_of_2(F // BK),
                     time_ptr=stamps, TIMELINE=timeline, num_warps=warps)
             step()
