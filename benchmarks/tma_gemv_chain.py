@@ -1,0 +1,176 @@
+"""Does a TMA ring per GEMV kernel, filled before the PDL wait, beat the chain of GEMV kernels?
+
+TinyLlama's decode GEMVs (the data flow of `persistent_chain.py`), each matrix its own
+Gluon kernel (Hopper, Triton >= 3.6), one program per multiprocessor, launched with
+programmatic dependent launch and replayed as a CUDA graph:
+  - before it waits for the previous kernel, each program issues TMA loads of its first NS
+    weight tiles ([BN, 256], a fixed share of the matrix) into shared memory, so up to
+    NS x 16 KB per multiprocessor stream while the previous kernel finishes (the GEMV
+    kernels of cuda:triton hold one tile per program in registers);
+  - after the wait it stages the input vector in shared memory (rmsnorm, or
+    silu(gate) * up) and refills the ring as it consumes it; row blocks split between
+    programs are summed by atomics into float32 outputs zeroed at the start of the step.
+A program takes at most half a multiprocessor's shared memory and 128 registers per
+thread, so the next kernel's program fits beside it. The result is checked against a
+float64 reference. "no PDL" launches the same kernels without programmatic dependent
+launch.
+
+    python benchmarks/tma_gemv_chain.py
+"""
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+import persistent_chain
+
+BK = 256
+
+
+@gluon.jit
+def _gdc(c, ASM: gl.constexpr):
+    """A griddepcontrol instruction (programmatic dependent launch)."""
+    gl.inline_asm_elementwise(ASM, "=r,r", [c], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _share(c, P, N, KC, BN: gl.constexpr):
+    """Program c's tiles [t0, t1) of an [N, KC * BK] matrix, numbered row block major."""
+    T = gl.cdiv(N, BN) * KC
+    return (c * T) // P, ((c + 1) * T) // P
+
+
+@gluon.jit
+def _issue(desc, ring, ready, t, row_base, KC: gl.constexpr, BN: gl.constexpr,
+           BK: gl.constexpr, slot):
+    """TMA load of tile t into ring slot `slot`, completing on its mbarrier."""
+    bar = ready.index(slot)
+    mbarrier.expect(bar, desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(desc, [row_base + (t // KC) * BN, (t % KC) * BK], bar,
+                                    ring.index(slot))
+
+
+@gluon.jit
+def _gemv_ring(desc, in_ptr, g_ptr, out_ptr, res_ptr, row_base, N, K: gl.constexpr,
+               MODE: gl.constexpr, RES: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
+               NS: gl.constexpr, KCP: gl.constexpr, PDL: gl.constexpr):
+    """out[rows] (+)= W[row_base + rows] @ x for this program's tiles. MODE 0: x =
+    rmsnorm(in) * g; 1: x = in; 2: x = silu(in[:K]) * in[K:]. RES: out also gets res."""
+    NW: gl.constexpr = gl.num_warps()
+    TILE: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NW, 1], [1, 0])
+    XL: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
+    COL: gl.constexpr = gl.SliceLayout(0, TILE)
+    KC: gl.constexpr = K // BK
+    ring = gl.allocate_shared_memory(gl.bfloat16, [NS, BN, BK], desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
+    x_smem = gl.allocate_shared_memory(gl.bfloat16, [KCP, BK],
+                                       gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    for i in gl.static_range(NS):
+        mbarrier.init(ready.index(i), count=1)
+    c = gl.program_id(0)
+    t0, t1 = _share(c, gl.num_programs(0), N, KC, BN)
+    # the first NS tiles start streaming before this kernel waits for the previous one
+    for i in gl.static_range(NS):
+        if t0 + i < t1:
+            _issue(desc, ring, ready, t0 + i, row_base, KC, BN, BK, i)
+    if PDL:
+        _gdc(c, "griddepcontrol.launch_dependents; mov.u32 $0, 0;")
+        _gdc(c, "griddepcontrol.wait; mov.u32 $0, 0;")
+    # the input vector, whole, into shared memory
+    r = gl.arange(0, KCP, layout=gl.SliceLayout(1, XL))
+    cc = gl.arange(0, BK, layout=gl.SliceLayout(0, XL))
+    offs = gl.expand_dims(r, 1) * BK + gl.expand_dims(cc, 0)
+    mask = offs < K
+    v = gl.load(in_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+    rstd = 1.0
+    if MODE == 0:
+        rstd = gl.rsqrt(gl.sum(gl.sum(v * v, axis=1), axis=0) / K + 1e-5)
+        v = v * gl.load(g_ptr + offs, mask=mask, other=0.0).to(gl.float32)
+    elif MODE == 2:
+        b = gl.load(in_ptr + K + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        v = v / (1.0 + gl.exp(-v)) * b
+    x_smem._reinterpret(gl.bfloat16, [KCP, BK], gl.SwizzledSharedLayout(1, 1, 1, [1, 0])).store(
+        v.to(gl.bfloat16))
+    gl.thread_barrier()
+    rows0 = gl.arange(0, BN, layout=gl.SliceLayout(1, TILE))
+    g = 0
+    t = t0
+    while t < t1:
+        rb = t // KC
+        kc0 = t - rb * KC
+        kc1 = gl.minimum(KC, kc0 + t1 - t)
+        acc = gl.full([BN, BK], 0.0, gl.float32, layout=TILE)
+        for kc in range(kc0, kc1):
+            slot = g % NS
+            x = x_smem.index(kc).load(COL)
+            mbarrier.wait(ready.index(slot), (g // NS) & 1)
+            w = ring.index(slot).load(TILE)
+            gl.thread_barrier()
+            if t0 + g + NS < t1:
+                _issue(desc, ring, ready, t0 + g + NS, row_base, KC, BN, BK, slot)
+            acc += w.to(gl.float32) * gl.expand_dims(x.to(gl.float32), 0)
+            g += 1
+        rows = rb * BN + rows0
+        y = gl.sum(acc, axis=1) * rstd
+        if RES:
+            if kc0 == 0:   # one owner per row block adds the residual
+                y += gl.load(res_ptr + rows, mask=rows < N, other=0.0, cache_modifier=".cg")
+        gl.atomic_add(out_ptr + rows, y, mask=rows < N, sem="relaxed")
+        t += kc1 - kc0
+
+
+def main() -> None:
+    w = persistent_chain.TinyLlamaGemvs(tiny=False)
+    L, D, F, V, QKV = w.shape
+    print(f"{torch.cuda.get_device_name()}: copy {w.bandwidth / 1e12:.3f} TB/s, weights "
+          f"{w.nbytes / 1e9:.3f} GB, floor {w.floor_us:.1f} us")
+    us = persistent_chain.graph_us(w.chain)
+    print(f"chain of {4 * L + 1} cuda:triton GEMV kernels, PDL              {us:8.1f} us  "
+          f"{100 * w.floor_us / us:5.1f}% of the floor")
+    dev = w.x.device
+    x0 = torch.randn(D, device=dev, dtype=torch.float64)
+    ref = w.reference(x0)
+    hbuf = torch.empty(2 * L + 1, D, device=dev, dtype=torch.float32)
+    qkv = torch.empty(L, QKV, device=dev, dtype=torch.float32)
+    a13 = torch.empty(L, 2 * F, device=dev, dtype=torch.float32)
+    logits = torch.empty(V, device=dev, dtype=torch.float32)
+    stacked = [t.reshape(-1, t.shape[-1]) for t in (w.wqkv, w.wo, w.w13, w.w2, w.wout)]
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    lay = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
+    for bn, ns, warps in ((32, 6, 8), (32, 5, 4), (16, 12, 8), (64, 3, 8)):
+        descs = [TensorDescriptor.from_tensor(t, [bn, BK], lay) for t in stacked]
+        dq, do, d13, d2, dout = descs
+        for pdl in (True, False):
+            def gemv(desc, inp, out, res, row_base, N, K, mode, has_res):
+                _gemv_ring[(sms,)](desc, inp, w.g, out, res, row_base, N, K=K, MODE=mode,
+                                   RES=has_res, BN=bn, BK=BK, NS=ns,
+                                   KCP=triton.next_power_of_2(K // BK), PDL=pdl,
+                                   num_warps=warps, maxnreg=128, launch_pdl=pdl)
+
+            def step():
+                for t in (hbuf[1:], qkv, a13, logits):
+                    t.zero_()
+                hbuf[0].copy_(x0)
+                for i in range(L):
+                    gemv(dq, hbuf[2 * i], qkv[i], hbuf[0], i * QKV, QKV, D, 0, False)
+                    gemv(do, qkv[i], hbuf[2 * i + 1], hbuf[2 * i], i * D, D, D, 1, True)
+                    gemv(d13, hbuf[2 * i + 1], a13[i], hbuf[0], i * 2 * F, 2 * F, D, 0, False)
+                    gemv(d2, a13[i], hbuf[2 * i + 2], hbuf[2 * i + 1], i * D, D, F, 2, True)
+                gemv(dout, hbuf[2 * L], logits, hbuf[0], 0, V, D, 0, False)
+            step()
+            err = ((logits.double() - ref).abs().max() / ref.abs().max()).item()
+            # each input is rounded to bf16 (about 1e-2 off float64 at the end); a kernel
+            # that read its input too early would be off by order 1
+            if err > 3e-2:
+                raise SystemExit(f"wrong result: max relative error {err:.2e}")
+            us = persistent_chain.graph_us(step)
+            print(f"ring of {ns:2d} x [{bn:2d}, {BK}], {warps} warps, {'PDL   ' if pdl else 'no PDL'}"
+                  f"                {us:8.1f} us  {100 * w.floor_us / us:5.1f}% of the floor")
+
+
+if __name__ == "__main__":
+    main()
