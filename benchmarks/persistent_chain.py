@@ -142,10 +142,13 @@ class TinyLlamaGemvs:
             SWIGLU=swiglu, BLOCK_N=bn, BLOCK_K=bk, ONE_TILE=K <= bk, PDL=True,
             num_warps=warps, launch_pdl=True)
 
-    def chain(self):
-        """One GEMV kernel per matrix, each launched with PDL."""
+    def chain(self, before_o=None):
+        """One GEMV kernel per matrix, each launched with PDL; before_o() (if given) runs
+        between each layer's qkv and o GEMVs, where the decode step has its attention."""
         for i in range(self.shape[0]):
             self._gemv(self.qkv, self.x, self.wqkv[i], True, False)
+            if before_o is not None:
+                before_o()
             self._gemv(self.x, self.qkv, self.wo[i], False, True)
             self._gemv(self.h, self.x, self.w13[i], True, False, swiglu=True)
             self._gemv(self.x, self.h, self.w2[i], False, True)

@@ -13,11 +13,14 @@ programmatic dependent launch and replayed as a CUDA graph:
 A program takes at most half a multiprocessor's shared memory and 128 registers per
 thread, so the next kernel's program fits beside it. The result is checked against a
 float64 reference. "no PDL" launches the same kernels without programmatic dependent
-launch.
+launch. --attention runs cuda:triton's decode attention (TinyLlama's heads, position 512,
+on data of its own) before every o GEMV in both chains, as the decode step does.
 
-    python benchmarks/tma_gemv_chain.py
+    python benchmarks/tma_gemv_chain.py [--attention]
 """
 from __future__ import annotations
+
+import argparse
 
 import torch
 import triton
@@ -25,6 +28,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from polyllama.plugins.cuda_triton.attention import attention
 
 import persistent_chain
 
@@ -123,12 +128,29 @@ def _gemv_ring(desc, in_ptr, g_ptr, out_ptr, res_ptr, row_base, N, K: gl.constex
         t += kc1 - kc0
 
 
-def main() -> None:
+def decode_attention(heads=32, kv_heads=4, head_dim=64, position=512, context=2048):
+    """A stand-in for the step's attention: the cuda:triton decode kernel on its own data."""
+    dev, bf = torch.device("cuda"), torch.bfloat16
+    q = torch.randn(1, heads, head_dim, device=dev, dtype=bf)
+    k, v = (torch.randn(1, kv_heads, head_dim, device=dev, dtype=bf) for _ in range(2))
+    k_cache, v_cache = (torch.randn(context, kv_heads, head_dim, device=dev, dtype=bf)
+                        for _ in range(2))
+    pos = torch.tensor([position], device=dev, dtype=torch.int32)
+    out = torch.empty_like(q)
+    return lambda: attention(out, q, k, v, k_cache, v_cache, pos, head_dim ** -0.5)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--attention", action="store_true",
+                   help="decode attention before every o GEMV, as in the decode step")
+    args = p.parse_args(argv)
+    before_o = decode_attention() if args.attention else None
     w = persistent_chain.TinyLlamaGemvs(tiny=False)
     L, D, F, V, QKV = w.shape
     print(f"{torch.cuda.get_device_name()}: copy {w.bandwidth / 1e12:.3f} TB/s, weights "
           f"{w.nbytes / 1e9:.3f} GB, floor {w.floor_us:.1f} us")
-    us = persistent_chain.graph_us(w.chain)
+    us = persistent_chain.graph_us(lambda: w.chain(before_o))
     print(f"chain of {4 * L + 1} cuda:triton GEMV kernels, PDL              {us:8.1f} us  "
           f"{100 * w.floor_us / us:5.1f}% of the floor")
     dev = w.x.device
@@ -157,6 +179,8 @@ def main() -> None:
                 hbuf[0].copy_(x0)
                 for i in range(L):
                     gemv(dq, hbuf[2 * i], qkv[i], hbuf[0], i * QKV, QKV, D, 0, False)
+                    if before_o is not None:
+                        before_o()
                     gemv(do, qkv[i], hbuf[2 * i + 1], hbuf[2 * i], i * D, D, D, 1, True)
                     gemv(d13, hbuf[2 * i + 1], a13[i], hbuf[0], i * 2 * F, 2 * F, D, 0, False)
                     gemv(d2, a13[i], hbuf[2 * i + 2], hbuf[2 * i + 1], i * D, D, F, 2, True)
