@@ -32,6 +32,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from polyllama.plugins.cuda_triton.attention import attention
 
 import persistent_chain
+from tma_ring_chain import _stage_input
 
 BK = 256
 
@@ -85,21 +86,7 @@ def _gemv_ring(desc, in_ptr, g_ptr, out_ptr, res_ptr, row_base, N, K: gl.constex
     if PDL:
         _gdc(c, "griddepcontrol.launch_dependents; mov.u32 $0, 0;")
         _gdc(c, "griddepcontrol.wait; mov.u32 $0, 0;")
-    # the input vector, whole, into shared memory
-    r = gl.arange(0, KCP, layout=gl.SliceLayout(1, XL))
-    cc = gl.arange(0, BK, layout=gl.SliceLayout(0, XL))
-    offs = gl.expand_dims(r, 1) * BK + gl.expand_dims(cc, 0)
-    mask = offs < K
-    v = gl.load(in_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
-    rstd = 1.0
-    if MODE == 0:
-        rstd = gl.rsqrt(gl.sum(gl.sum(v * v, axis=1), axis=0) / K + 1e-5)
-        v = v * gl.load(g_ptr + offs, mask=mask, other=0.0).to(gl.float32)
-    elif MODE == 2:
-        b = gl.load(in_ptr + K + offs, mask=mask, other=0.0, cache_modifier=".cg")
-        v = v / (1.0 + gl.exp(-v)) * b
-    x_smem._reinterpret(gl.bfloat16, [KCP, BK], gl.SwizzledSharedLayout(1, 1, 1, [1, 0])).store(
-        v.to(gl.bfloat16))
+    rstd = _stage_input(x_smem, in_ptr, g_ptr, MODE, K, XL, KCP, BK)
     gl.thread_barrier()
     rows0 = gl.arange(0, BN, layout=gl.SliceLayout(1, TILE))
     g = 0
