@@ -5,8 +5,8 @@ Gluon kernel (Hopper, Triton >= 3.6), one program per multiprocessor, launched w
 programmatic dependent launch and replayed as a CUDA graph:
   - before it waits for the previous kernel, each program issues TMA loads of its first NS
     weight tiles ([BN, 256], a fixed share of the matrix) into shared memory, so up to
-    NS x 16 KB per multiprocessor stream while the previous kernel finishes (the GEMV
-    kernels of cuda:triton hold one tile per program in registers);
+    96 KB per multiprocessor stream while the previous kernel finishes (the GEMV kernels
+    of cuda:triton hold one tile per program in registers);
   - after the wait it stages the input vector in shared memory (rmsnorm, or
     silu(gate) * up) and refills the ring as it consumes it; row blocks split between
     programs are summed by atomics into float32 outputs zeroed at the start of the step.
@@ -179,7 +179,8 @@ def main(argv=None) -> None:
             if err > 3e-2:
                 raise SystemExit(f"wrong result: max relative error {err:.2e}")
             us = persistent_chain.graph_us(step)
-            print(f"ring of {ns:2d} x [{bn:2d}, {BK}], {warps} warps, {'PDL   ' if pdl else 'no PDL'}"
+            launch = "PDL   " if pdl else "no PDL"
+            print(f"ring of {ns:2d} x [{bn:2d}, {BK}], {warps} warps, {launch}"
                   f"                {us:8.1f} us  {100 * w.floor_us / us:5.1f}% of the floor")
 
 
