@@ -17,8 +17,6 @@ Both results are checked against a float64 product of the dequantized weights.
 """
 from __future__ import annotations
 
-import statistics
-
 import torch
 import triton
 from triton.experimental import gluon
@@ -29,6 +27,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from polyllama import get_device
 from polyllama.plugins.cuda_triton import linear
 
+from persistent_chain import graph_us
 from tma_gemv_chain import _gdc
 
 GROUP, BKQ, REPS = 64, 256, 6
@@ -104,24 +103,6 @@ def _q8_ring_gemv(qdesc, sdesc, x_ptr, out_ptr, N, K: gl.constexpr, GROUP: gl.co
             gl.store(out_ptr + rows, acc.to(gl.bfloat16), mask=rows < N)
             acc = gl.full([BN], 0.0, gl.float32, layout=gl.SliceLayout(1, SC))
         g += 1
-
-
-def graph_us(launch, replays=10, batches=7) -> float:
-    launch()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        launch()
-    times = []
-    for _ in range(batches):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / replays)
-    return statistics.median(times)
 
 
 def main() -> None:
