@@ -27,8 +27,9 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from polyllama import get_device
 from polyllama.plugins.cuda_triton import linear
 
-from persistent_chain import graph_us
-from tma_gemv_chain import _gdc
+from persistent_chain import check_close, graph_us
+from tma_gemv_chain import _pdl_start
+from tma_ring_chain import _mbarriers
 
 GROUP, BKQ, REPS = 64, 256, 6
 SHAPES = dict(qkv=(12288, 4096), o=(4096, 4096), w13=(22016, 4096), w2=(4096, 11008),
@@ -62,11 +63,9 @@ def _q8_ring_gemv(qdesc, sdesc, x_ptr, out_ptr, N, K: gl.constexpr, GROUP: gl.co
     KC: gl.constexpr = K // BKQ
     ring_q = gl.allocate_shared_memory(gl.int8, [NS, BN, BKQ], qdesc.layout)
     ring_s = gl.allocate_shared_memory(gl.float32, [NS, BN, NG], sdesc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
+    ready = _mbarriers(NS)
     x_smem = gl.allocate_shared_memory(gl.bfloat16, [KCP, BKQ],
                                        gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    for i in gl.static_range(NS):
-        mbarrier.init(ready.index(i), count=1)
     c = gl.program_id(0)
     P = gl.num_programs(0)
     NRB = gl.cdiv(N, BN)
@@ -75,8 +74,7 @@ def _q8_ring_gemv(qdesc, sdesc, x_ptr, out_ptr, N, K: gl.constexpr, GROUP: gl.co
     for i in gl.static_range(NS):
         if t0 + i < t1:
             _issue(qdesc, sdesc, ring_q, ring_s, ready, t0 + i, KC, BN, BKQ, GROUP, i)
-    _gdc(c, "griddepcontrol.launch_dependents; mov.u32 $0, 0;")
-    _gdc(c, "griddepcontrol.wait; mov.u32 $0, 0;")
+    _pdl_start(c)
     r = gl.arange(0, KCP, layout=gl.SliceLayout(1, XL))
     cc = gl.arange(0, BKQ, layout=gl.SliceLayout(0, XL))
     offs = gl.expand_dims(r, 1) * BKQ + gl.expand_dims(cc, 0)
@@ -144,9 +142,7 @@ def main() -> None:
             variants.append((f"ring {ns:2d} x [{rows:2d}, {BKQ}] int8, {warps} warps", ring_chain))
         for label, chain in variants:
             chain()
-            err = ((out[0].double() - ref).abs().max() / ref.abs().max()).item()
-            if err > 1e-2:
-                raise SystemExit(f"{name}, {label}: wrong result (max relative error {err:.2e})")
+            check_close(out[0], ref, 1e-2, f"{name}, {label}")
             us = graph_us(chain) / REPS
             rate = nbytes / us * 1e6
             print(f"{name:10s} [{N:5d}, {K:5d}]  {label:34s} {us:7.1f} us  "
