@@ -2,8 +2,9 @@
 
 The model follows pytorch-labs/gpt-fast model.py (fused wqkv, static KV cache written at
 input_pos, scaled_dot_product_attention over the whole cache with a causal mask row, RoPE
-on adjacent pairs) and its generate.py settings (decode_one_token compiled with
-mode="reduce-overhead", fullgraph; inductor coordinate-descent tuning). Weights are the
+on adjacent pairs, with Llama-3 frequency scaling where the shape has it) and its
+generate.py settings (decode_one_token compiled with mode="reduce-overhead", fullgraph;
+inductor coordinate-descent tuning). Weights are the
 same random ones `polyllama bench` builds (polyllama.bench.random_checkpoint), and with
 --with-polyllama both run in one process on one GPU, one after the other, greedy decoding.
 
@@ -20,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polyllama.bench import SHAPES, format_result, random_checkpoint, run_bench
+from polyllama.bench import SHAPES, format_result, random_checkpoint, random_prompt, run_bench
+from polyllama.reference import rope_frequencies
 
 
 class KVCache(nn.Module):
@@ -87,7 +89,8 @@ class Transformer(nn.Module):
         self.register_buffer("norm", t("norm"))
         self.register_buffer("output", self.tok_embeddings if c.tie_embeddings else t("output"))
         self.layers = nn.ModuleList(Block(c, w, i, dtype, max_seq) for i in range(c.n_layers))
-        freqs = 1.0 / c.rope_theta ** (torch.arange(0, c.hd, 2).float() / c.hd)
+        freqs = torch.as_tensor(rope_frequencies(c.hd, c.rope_theta, c.rope_scaling),
+                                dtype=torch.float32, device="cuda")
         angles = torch.outer(torch.arange(max_seq).float(), freqs)
         self.register_buffer("freqs_cis",
                              torch.stack([angles.cos(), angles.sin()], -1).to("cuda", dtype))
@@ -116,8 +119,7 @@ def peer_bench(shape, prompt_len=512, gen=128, repeats=3, seed=0):
     with torch.device("cuda"):
         model = Transformer(random_checkpoint(c, seed), torch.bfloat16, max_seq).eval()
     step = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
-    prompt = torch.tensor(np.random.default_rng(seed + 1).integers(0, c.vocab_size, prompt_len),
-                          device="cuda").view(1, -1)
+    prompt = torch.tensor(random_prompt(c, prompt_len, seed), device="cuda").view(1, -1)
 
     @torch.no_grad()
     def run():

@@ -32,6 +32,12 @@ SHAPES = {
                                   tie_embeddings=False),
     "llama2-7b": LlamaConfig(dim=4096, hidden_dim=11008, n_layers=32, n_heads=32, n_kv_heads=32,
                              vocab_size=32000, max_seq_len=4096, tie_embeddings=False),
+    "llama3.2-1b": LlamaConfig(dim=2048, hidden_dim=8192, n_layers=16, n_heads=32, n_kv_heads=8,
+                               vocab_size=128256, max_seq_len=131072, rope_theta=500000.0,
+                               rope_scaling={"rope_type": "llama3", "factor": 32.0,
+                                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                             "original_max_position_embeddings": 8192},
+                               tie_embeddings=True),
 }
 POOL = 1 << 24            # random float32 values every weight of a random checkpoint views
 
@@ -51,6 +57,11 @@ def random_checkpoint(config: LlamaConfig, seed: int = 0) -> Checkpoint:
         step = min(k, (POOL - off - k) // max(n - 1, 1))
         tensors[name] = as_strided(pool[off:], shape, (step * 4, 4))
     return Checkpoint(config, tensors, "random", f"<random {seed}>").validate()
+
+
+def random_prompt(config: LlamaConfig, prompt_len: int, seed: int = 0) -> np.ndarray:
+    """The prompt ids a bench run with this seed prefills (peers are given the same)."""
+    return np.random.default_rng(seed + 1).integers(0, config.vocab_size, prompt_len)
 
 
 @dataclass
@@ -102,7 +113,7 @@ def run_bench(shape: str | LlamaConfig, device: str = "auto", dtype: str | None 
     dev.reset_peak_memory()   # and so does its peak
     model = Model.build(ckpt, dev, canonical_dtype(dtype) if dtype else None,
                         ctx=ctx or prompt_len + gen, quant=quant)
-    prompt = np.random.default_rng(seed + 1).integers(0, config.vocab_size, prompt_len)
+    prompt = random_prompt(config, prompt_len, seed)
 
     def prefill() -> float:
         dev.synchronize()
