@@ -54,6 +54,15 @@ def unpermute_hf(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, hd // 2, in_dim).transpose(0, 2, 1, 3).reshape(out_dim, in_dim)
 
 
+# polyllama's per-layer weight names -> transformers' (under model.layers.{i}.)
+HF_LAYER_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+                  "wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
+                  "wo": "self_attn.o_proj", "w1": "mlp.gate_proj", "w2": "mlp.down_proj",
+                  "w3": "mlp.up_proj"}
+HF_TOP_NAMES = {"tok_embeddings": "model.embed_tokens.weight", "norm": "model.norm.weight",
+                "output": "lm_head.weight"}
+
+
 def permute_to_hf(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Meta adjacent-pair rows -> HF rotate-half rows (inverse of unpermute_hf)."""
     out_dim, in_dim = w.shape
@@ -61,36 +70,40 @@ def permute_to_hf(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, hd // 2, 2, in_dim).transpose(0, 2, 1, 3).reshape(out_dim, in_dim)
 
 
+def hf_weights(tensors: dict, n_heads: int, n_kv_heads: int) -> dict[str, np.ndarray]:
+    """polyllama-named float arrays (pair layout) under transformers' names, float32
+    (canonical_weights in reverse)."""
+    out = {}
+    for key, w in tensors.items():
+        w = np.array(w, dtype=np.float32)               # a copy: files may be mapped read-only
+        if key in HF_TOP_NAMES:
+            out[HF_TOP_NAMES[key]] = w
+            continue
+        _, layer, kind = key.split(".")
+        if kind in ("wq", "wk"):
+            w = permute_to_hf(w, n_heads if kind == "wq" else n_kv_heads)
+        out[f"model.layers.{layer}.{HF_LAYER_NAMES[kind]}.weight"] = w
+    return out
+
+
 def hf_model_from(ckpt):
-    """A float32 LlamaForCausalLM holding a polyllama Checkpoint's weights (canonical_weights
-    in reverse), to check code that makes its own weights against transformers."""
+    """A float32 LlamaForCausalLM holding a polyllama Checkpoint's weights, to check code
+    that makes its own weights against transformers."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    c, w = ckpt.config, ckpt.tensors
+    c = ckpt.config
     cfg = LlamaConfig(hidden_size=c.dim, intermediate_size=c.hidden_dim,
                       num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
                       num_key_value_heads=c.n_kv_heads, vocab_size=c.vocab_size,
                       max_position_embeddings=c.max_seq_len, rms_norm_eps=c.norm_eps,
                       rope_theta=c.rope_theta, tie_word_embeddings=c.tie_embeddings,
                       attn_implementation="eager")
-    sd = {"model.embed_tokens.weight": w["tok_embeddings"], "model.norm.weight": w["norm"]}
-    sd["lm_head.weight"] = w["tok_embeddings" if c.tie_embeddings else "output"]
-    names = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-             "wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
-             "wo": "self_attn.o_proj", "w1": "mlp.gate_proj", "w2": "mlp.down_proj",
-             "w3": "mlp.up_proj"}
-    for i in range(c.n_layers):
-        for ours, theirs in names.items():
-            t = np.asarray(w[f"layers.{i}.{ours}"], dtype=np.float32)
-            if ours == "wq":
-                t = permute_to_hf(t, c.n_heads)
-            elif ours == "wk":
-                t = permute_to_hf(t, c.n_kv_heads)
-            sd[f"model.layers.{i}.{theirs}.weight"] = t
+    sd = hf_weights(ckpt.tensors, c.n_heads, c.n_kv_heads)
+    if c.tie_embeddings:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     model = LlamaForCausalLM(cfg).float().eval()
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
-                           for k, v in sd.items()})
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
     return model
 
 
@@ -101,12 +114,8 @@ def canonical_weights(model) -> dict[str, np.ndarray]:
     out = {"tok_embeddings": sd["model.embed_tokens.weight"], "norm": sd["model.norm.weight"]}
     if not c.tie_word_embeddings:
         out["output"] = sd["lm_head.weight"]
-    names = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-             "wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
-             "wo": "self_attn.o_proj", "w1": "mlp.gate_proj", "w2": "mlp.down_proj",
-             "w3": "mlp.up_proj"}
     for i in range(c.num_hidden_layers):
-        for ours, theirs in names.items():
+        for ours, theirs in HF_LAYER_NAMES.items():
             w = sd[f"model.layers.{i}.{theirs}.weight"]
             if ours == "wq":
                 w = unpermute_hf(w, c.num_attention_heads)

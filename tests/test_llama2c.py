@@ -162,19 +162,6 @@ def test_unreadable_paths(tmp_path, case, message):
 
 # -- the whole model through each file format, against transformers ----------------------
 
-HF_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-            "wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
-            "wo": "self_attn.o_proj", "w1": "mlp.gate_proj", "w2": "mlp.down_proj",
-            "w3": "mlp.up_proj"}
-
-
-def to_hf_layout(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """Adjacent-pair q/k rows -> Hugging Face rotate-half rows (as llama2.c's hf export does)."""
-    out_dim, in_dim = w.shape
-    return w.reshape(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(0, 2, 1, 3) \
-        .reshape(out_dim, in_dim)
-
-
 def hf_with_file_weights(model, tensors):
     """A copy of the transformers model whose weights are the file's, int8 ones dequantized
     by the test: the reference then computes with exactly what the file holds."""
@@ -182,19 +169,11 @@ def hf_with_file_weights(model, tensors):
     import torch
     hf = copy.deepcopy(model)
     sd, c = hf.state_dict(), hf.config
-    for key, t in tensors.items():
-        w = dequantize(t) if isinstance(t, QuantizedArray) else np.asarray(t, np.float64)
-        if key in ("tok_embeddings", "norm", "output"):
-            target = {"tok_embeddings": "model.embed_tokens.weight", "norm": "model.norm.weight",
-                      "output": "lm_head.weight"}[key]
-        else:
-            _, layer, kind = key.split(".")
-            target = f"model.layers.{layer}.{HF_NAMES[kind]}.weight"
-            if kind in ("wq", "wk"):
-                w = to_hf_layout(w, c.num_attention_heads if kind == "wq"
-                                 else c.num_key_value_heads)
+    plain = {k: dequantize(t) if isinstance(t, QuantizedArray) else t for k, t in tensors.items()}
+    for name, w in refmodel.hf_weights(plain, c.num_attention_heads,
+                                       c.num_key_value_heads).items():
         with torch.no_grad():
-            sd[target].copy_(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+            sd[name].copy_(torch.from_numpy(w))
     return hf
 
 
