@@ -191,7 +191,9 @@ class Registry:
                 raise DeviceError(f"device {text!r}: its plugin failed to load: "
                                   f"{self.failures[failed]}")
             specs = [b.spec for b in self.backends.values()]
-            raise DeviceError(f"unknown device {text!r}{did_you_mean(str(spec), specs)}.\n"
+            same_kind = [s for s in specs if s.split(":")[0] == spec.kind]   # cuda:* for cuda:*
+            raise DeviceError(f"unknown device {text!r}"
+                              f"{did_you_mean(str(spec), same_kind or specs)}.\n"
                               + self.describe_devices())
         candidates.sort(key=lambda b: -b.priority)
         reasons = {b.spec: b.unavailable_reason() for b in candidates}
