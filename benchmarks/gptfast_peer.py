@@ -4,8 +4,8 @@ The model follows pytorch-labs/gpt-fast model.py (fused wqkv, static KV cache wr
 input_pos, scaled_dot_product_attention over the whole cache with a causal mask row, RoPE
 on adjacent pairs, with Llama-3 frequency scaling where the shape has it) and its
 generate.py settings (decode_one_token compiled with mode="reduce-overhead", fullgraph;
-inductor coordinate-descent tuning). Weights are the
-same random ones `polyllama bench` builds (polyllama.bench.random_checkpoint), and with
+inductor coordinate-descent tuning). Weights and prompt are the same random ones
+`polyllama bench` builds (polyllama.bench.random_checkpoint, random_prompt), and with
 --with-polyllama both run in one process on one GPU, one after the other, greedy decoding.
 
     python benchmarks/gptfast_peer.py llama2-7b tinyllama-1.1b --with-polyllama
