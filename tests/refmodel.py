@@ -93,6 +93,7 @@ def hf_model_from(ckpt):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = ckpt.config
+    assert not c.rope_scaling, "only plain RoPE is mapped to transformers here"
     cfg = LlamaConfig(hidden_size=c.dim, intermediate_size=c.hidden_dim,
                       num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
                       num_key_value_heads=c.n_kv_heads, vocab_size=c.vocab_size,
