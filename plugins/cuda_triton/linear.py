@@ -24,7 +24,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from polyllama.ops import DENSE, Weight
 
@@ -54,9 +53,7 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
     if SWIGLU:
         u = tl.load(u_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0,
                     eviction_policy="evict_first")
-    if PDL:                         # weights depend on no kernel: they stream while it drains
-        gdc_launch_dependents()
-        gdc_wait()
+    pdl_start(PDL)                  # weights depend on no kernel: they stream while it drains
     if ONE_TILE:
         x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
         ss = x * x
@@ -161,9 +158,7 @@ def _gemv_q8_kernel(out_ptr, x_ptr, q_ptr, s_ptr, g_ptr, r_ptr, N, K, s_q, s_s, 
     q_rows = q_ptr + w_rows.to(tl.int64) * s_q
     s_rows = s_ptr + w_rows.to(tl.int64) * s_s
     q, sc = _q8_tile(q_rows, s_rows, 0, K, rmask, GROUP, BLOCK_K, POW2)
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
+    pdl_start(PDL)
     y = tl.zeros([BLOCK_N], tl.float32)
     ss = tl.zeros([BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
