@@ -10,7 +10,6 @@ is the ceiling of a chain of one GEMV kernel per weight matrix.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import numpy as np
 import torch
@@ -19,22 +18,15 @@ from polyllama import get_device
 from polyllama.bench import SHAPES, random_checkpoint
 from polyllama.model import Model
 
+from timing import median_us
 
-def step_us(device, step, replays: int, batches: int = 7) -> float:
+
+def step_us(device, step, replays: int) -> float:
     runner = device.decode_runner(step)
     runner()                                  # eager run, then capture
     runner()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(batches):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            runner()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / replays)
-    return statistics.median(times)
+    return median_us(runner, replays)
 
 
 def ablate(dev, shape: str, bandwidth: float) -> None:

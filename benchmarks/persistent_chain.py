@@ -14,7 +14,6 @@ two ways on the same weights, each replayed as a CUDA graph (CUDA events, median
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import triton
@@ -22,6 +21,8 @@ import triton.language as tl
 
 from polyllama import get_device
 from polyllama.plugins.cuda_triton.linear import _gemv_config, _gemv_kernel
+
+from timing import median_us
 
 
 @triton.jit
@@ -104,21 +105,13 @@ def check_close(got: torch.Tensor, ref: torch.Tensor, tol: float, what: str) -> 
 
 
 def graph_us(fn, replays=20, batches=7) -> float:
+    """Microseconds per call of fn, captured once as a CUDA graph and replayed."""
     fn()
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
-    times = []
-    for _ in range(batches):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / replays)
-    return statistics.median(times)
+    return median_us(g.replay, replays, batches)
 
 
 class TinyLlamaGemvs:
