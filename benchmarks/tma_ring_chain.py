@@ -17,7 +17,7 @@ Rows printed per tile shape:
   streaming only  no waits between stages (wrong result): the weight stream alone;
   consumer only   the producer loads nothing: stages, barriers and arithmetic alone.
 
-    python benchmarks/tma_ring_chain.py [--timeline]
+    python benchmarks/tma_ring_chain.py [--timeline] [--ring 32,12,8,3 ...]
 """
 from __future__ import annotations
 
@@ -70,20 +70,33 @@ def _stage(s, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr, QKV: gl.cons
 @gluon.jit
 def _producer(dq, do, d13, d2, dout, ring, ready, empty, ids, claim_ptr, L, D: gl.constexpr,
               F: gl.constexpr, V: gl.constexpr, QKV: gl.constexpr, BN: gl.constexpr,
-              BK: gl.constexpr, NS: gl.constexpr, WEIGHTS: gl.constexpr):
+              BK: gl.constexpr, NS: gl.constexpr, WEIGHTS: gl.constexpr,
+              INFLIGHT: gl.constexpr, FIXED: gl.constexpr):
     """One warp: claims row blocks of each stage in turn (an atomic counter per stage, so a
     program that streams faster takes more), streams their tiles into the ring, and marks
-    the end of its share of a stage with an empty slot whose id is -1."""
+    the end of its share of a stage with an empty slot whose id is -1. FIXED: program c
+    takes row blocks c, c + P, ... instead, with no atomic on its way. At most INFLIGHT
+    tiles are on their way at once: bytes queued beyond what keeps memory busy only delay
+    everything behind them, the stage counters' atomics included."""
     ONE: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+    c = gl.program_id(0)
+    P = gl.num_programs(0)
     g = 0
     for s in range(4 * L + 1):
         m, layer, N, KC, NRB = _stage(s, L, D, F, V, QKV, BN, BK)
-        rb = gl.atomic_add(claim_ptr + s, 1, sem="relaxed")
+        if FIXED:
+            rb = c
+        else:
+            rb = gl.atomic_add(claim_ptr + s, 1, sem="relaxed")
         while rb < NRB:
             row = rb * BN
             for kc in range(KC):
                 slot = g % NS
                 mbarrier.wait(empty.index(slot), ((g // NS) & 1) ^ 1)
+                if INFLIGHT < NS:
+                    if g >= INFLIGHT:   # tile g - INFLIGHT has landed
+                        mbarrier.wait(ready.index((g - INFLIGHT) % NS),
+                                      ((g - INFLIGHT) // NS) & 1)
                 ids.index(slot).store(gl.full([1], rb, gl.int32, layout=ONE))
                 gl.thread_barrier()
                 bar = ready.index(slot)
@@ -104,7 +117,10 @@ def _producer(dq, do, d13, d2, dout, ring, ready, empty, ids, claim_ptr, L, D: g
                 else:
                     mbarrier.arrive(bar)
                 g += 1
-            rb = gl.atomic_add(claim_ptr + s, 1, sem="relaxed")
+            if FIXED:
+                rb += P
+            else:
+                rb = gl.atomic_add(claim_ptr + s, 1, sem="relaxed")
         slot = g % NS
         mbarrier.wait(empty.index(slot), ((g // NS) & 1) ^ 1)
         ids.index(slot).store(gl.full([1], -1, gl.int32, layout=ONE))
@@ -145,10 +161,23 @@ def _stamp(ptr, TIMELINE: gl.constexpr):
 
 
 @gluon.jit
-def _wait_stage(cnt_ptr, target):
-    v = gl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
-    while v < target:
+def _load_acquire(ptr):
+    return gl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptr],
+                                     dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _wait_stage(cnt_ptr, target, POLL_LOAD: gl.constexpr):
+    """Until the counter reaches target. POLL_LOAD polls with acquire loads, which the L2
+    serves side by side; otherwise with atomics, which it serializes on the one address."""
+    if POLL_LOAD:
+        v = _load_acquire(cnt_ptr)
+        while v < target:
+            v = _load_acquire(cnt_ptr)
+    else:
         v = gl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+        while v < target:
+            v = gl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
     gl.thread_barrier()
 
 
@@ -164,7 +193,8 @@ def _next_id(ready, ids, g, NS: gl.constexpr, ONE: gl.constexpr):
 def _consumer(ring, ready, empty, ids, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, logit_ptr,
               cnt_ptr, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr,
               QKV: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, NS: gl.constexpr,
-              BARRIERS: gl.constexpr, DC: gl.constexpr, FC: gl.constexpr, time_ptr,
+              BARRIERS: gl.constexpr, POLL_LOAD: gl.constexpr, DC: gl.constexpr,
+              FC: gl.constexpr, time_ptr,
               TIMELINE: gl.constexpr):
     NW: gl.constexpr = gl.num_warps()
     TILE: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NW, 1], [1, 0])
@@ -180,7 +210,7 @@ def _consumer(ring, ready, empty, ids, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, l
         stamps = time_ptr + (c * (4 * L + 1) + s) * 3
         if BARRIERS:
             if s > 0:
-                _wait_stage(cnt_ptr + s - 1, P)
+                _wait_stage(cnt_ptr + s - 1, P, POLL_LOAD)
         gl.thread_barrier()
         _stamp(stamps, TIMELINE)
         out_ptr = h_ptr   # o and w2 add into the residual stream
@@ -232,7 +262,9 @@ def _ring_chain_kernel(dq, do, d13, d2, dout, h_ptr, g_ptr, qkv_ptr, a13_ptr, lo
                        cnt_ptr, claim_ptr, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr,
                        QKV: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
                        NS: gl.constexpr, BARRIERS: gl.constexpr, WEIGHTS: gl.constexpr,
-                       DC: gl.constexpr, FC: gl.constexpr, time_ptr, TIMELINE: gl.constexpr):
+                       INFLIGHT: gl.constexpr, POLL_LOAD: gl.constexpr, FIXED: gl.constexpr,
+                       DC: gl.constexpr, FC: gl.constexpr, time_ptr,
+                       TIMELINE: gl.constexpr):
     ring = gl.allocate_shared_memory(gl.bfloat16, [NS, BN, BK], dq.layout)
     ready = _mbarriers(NS)
     empty = _mbarriers(NS)
@@ -241,10 +273,11 @@ def _ring_chain_kernel(dq, do, d13, d2, dout, h_ptr, g_ptr, qkv_ptr, a13_ptr, lo
                                        gl.SwizzledSharedLayout(1, 1, 1, [0]))
     gl.warp_specialize([
         (_consumer, (ring, ready, empty, ids, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr,
-                     logit_ptr, cnt_ptr, L, D, F, V, QKV, BN, BK, NS, BARRIERS, DC, FC,
+                     logit_ptr, cnt_ptr, L, D, F, V, QKV, BN, BK, NS, BARRIERS, POLL_LOAD,
+                     DC, FC,
                      time_ptr, TIMELINE)),
         (_producer, (dq, do, d13, d2, dout, ring, ready, empty, ids, claim_ptr, L, D, F, V,
-                     QKV, BN, BK, NS, WEIGHTS)),
+                     QKV, BN, BK, NS, WEIGHTS, INFLIGHT, FIXED)),
     ], [1], [40])
 
 
@@ -266,10 +299,31 @@ def print_timeline(stamps: torch.Tensor, L: int) -> None:
               f"{tiles.max(dim=1).values.mean():6.2f}")
 
 
+def _ring(text: str) -> tuple[int, int, int, int]:
+    """ROWS,SLOTS,WARPS[,INFLIGHT] -> (rows per tile, ring slots, consumer warps, tiles in
+    flight at most)."""
+    parts = [int(v) for v in text.split(",")]
+    if len(parts) == 3:
+        parts.append(parts[1])
+    if len(parts) != 4 or not 1 <= parts[3] <= parts[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ROWS,SLOTS,WARPS[,INFLIGHT] "
+                                         "with 1 <= INFLIGHT <= SLOTS")
+    return tuple(parts)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--timeline", action="store_true",
                    help="also time each stage's parts (one extra run per tile shape)")
+    p.add_argument("--ring", type=_ring, nargs="+",
+                   default=[(32, 12, 8, 12), (16, 24, 8, 24), (64, 6, 8, 6)],
+                   help="ring shapes as ROWS,SLOTS,WARPS[,INFLIGHT] (default: INFLIGHT=SLOTS)")
+    p.add_argument("--assign", nargs="+", choices=("claim", "fixed"), default=["claim"],
+                   help="row blocks claimed from a counter, or fixed round robin")
+    p.add_argument("--poll", nargs="+", choices=("atomic", "load"), default=["atomic"],
+                   help="stage counters polled with atomics or with acquire loads")
+    p.add_argument("--barriers-only", action="store_true",
+                   help="skip the streaming-only and consumer-only rows")
     args = p.parse_args(argv)
     w = persistent_chain.TinyLlamaGemvs(tiny=False)
     L, D, F, V, QKV = w.shape
@@ -291,31 +345,35 @@ def main(argv=None) -> None:
     stamps = torch.zeros(sms, 4 * L + 1, 3, device=dev, dtype=torch.int64)
     stacked = [t.reshape(-1, t.shape[-1]) for t in (w.wqkv, w.wo, w.w13, w.w2, w.wout)]
     unswizzled = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
-    for bn, ns, warps in ((32, 12, 8), (16, 24, 8), (64, 6, 8)):
+    for bn, ns, warps, inflight in args.ring:
         descs = [TensorDescriptor.from_tensor(t, [bn, BK], unswizzled) for t in stacked]
-        for label, barriers, weights in (("barriers", True, True),
-                                         ("streaming only", False, True),
-                                         ("consumer only", True, False)):
+        runs = [(f"barriers, {assign}, poll by {poll}", True, True, assign, poll)
+                for assign in args.assign for poll in args.poll]
+        if not args.barriers_only:
+            runs += [(f"streaming only, {assign}", False, True, assign, "-")
+                     for assign in args.assign]
+            runs += [("consumer only", True, False, args.assign[0], args.poll[0])]
+        for label, barriers, weights, assign, poll in runs:
             def step(timeline=False):
                 counters.zero_()
                 h.copy_(x0)
                 _ring_chain_kernel[(sms,)](
                     *descs, h, w.g, qkv, a13, logits, counters[0], counters[1], L, D=D, F=F,
                     V=V, QKV=QKV, BN=bn, BK=BK, NS=ns, BARRIERS=barriers, WEIGHTS=weights,
+                    INFLIGHT=inflight, POLL_LOAD=poll == "load", FIXED=assign == "fixed",
                     DC=triton.next_power_of_2(D // BK), FC=triton.next_power_of_2(F // BK),
                     time_ptr=stamps, TIMELINE=timeline, num_warps=warps)
             step()
-            if label == "barriers":
+            if barriers and weights:
                 persistent_chain.check_close(logits, ref, persistent_chain.ROUNDED_INPUT_TOL,
                                              label)
             us = persistent_chain.graph_us(step)
-            print(f"ring of {ns:2d} x [{bn}, {BK}], {warps} consumer warps, {label:14s} "
-                  f"{us:8.1f} us  {100 * w.floor_us / us:5.1f}% of the floor")
-            if args.timeline and label == "barriers":
+            print(f"ring {ns:2d} x [{bn}, {BK}], {inflight:2d} in flight, {warps} warps, "
+                  f"{label:34s} {us:8.1f} us  {100 * w.floor_us / us:5.1f}% of the floor")
+            if args.timeline and barriers and weights:
                 step(timeline=True)
                 torch.cuda.synchronize()
                 print_timeline(stamps, L)
-
 
 if __name__ == "__main__":
     main()
