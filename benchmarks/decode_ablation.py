@@ -3,9 +3,7 @@
 Random weights of a named shape, a 512-token prompt in the KV cache, one decode step at
 position 512 replayed back to back (CUDA events, median of 7 batches). Removing an op makes
 the output wrong but shows what that op costs on the step's critical path; "GEMVs only"
-is the ceiling of a chain of one GEMV kernel per weight matrix. "one kernel" is the whole
-pass as cuda:triton's decode_pass kernel, where the model qualifies; the other rows
-compose the step from the ops.
+is the ceiling of a chain of one GEMV kernel per weight matrix.
 
     python benchmarks/decode_ablation.py tinyllama-1.1b llama2-7b
 """
@@ -49,15 +47,11 @@ def ablate(dev, shape: str, bandwidth: float) -> None:
         pass
 
     replays = max(10, int(50_000 / floor_us))
-    rows = [("whole step", ()), ("no rope", ("rope",)), ("no attention", ("attention",)),
-            ("GEMVs only", ("rope", "attention"))]
-    if model.decode_pass_k is not None:      # the one-kernel pass first, then the ops
-        rows.insert(0, ("one kernel", None))
-    for name, removed in rows:
-        if removed is not None:
-            model.decode_pass_k = None
+    for name, removed in (("whole step", ()), ("no rope", ("rope",)),
+                          ("no attention", ("attention",)),
+                          ("GEMVs only", ("rope", "attention"))):
         vars(model.k).update(kernels)
-        vars(model.k).update({op: skip for op in removed or ()})
+        vars(model.k).update({op: skip for op in removed})
         us = step_us(dev, step, replays)
         print(f"{shape:15s} {name:13s} {us:8.1f} us/step  {100 * floor_us / us:5.1f}% "
               f"of the floor ({floor_us:.1f} us)", flush=True)

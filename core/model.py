@@ -140,7 +140,6 @@ class Model:
         opt = lambda op: reg.kernel(b, op, self.fmt) if reg.has_kernel(b, op, self.fmt) else None
         self.linear_add_k, self.rmsnorm_linear_k = opt("linear_add"), opt("rmsnorm_linear")
         self.swiglu_k = opt("rmsnorm_swiglu")
-        self.decode_pass_k = opt("decode_pass")
         self.sample_k = reg.kernel(b, "sample") if reg.has_kernel(b, "sample") else None
 
     def _upload(self, host, dtype=None):
@@ -166,9 +165,6 @@ class Model:
     def _step(self, a: SimpleNamespace) -> None:
         """One forward pass over a.T tokens at position pos; logits of the last token."""
         k, pos = self.k, self.pos.native
-        if a.T == 1 and self.decode_pass_k is not None and self.decode_pass_k(
-                self.logits.native, a.ids, pos, self):
-            return
         k.embedding(a.x, self.tok_embeddings, a.ids)
         for L in self.layers:
             self._norm_linear(a.qkv, a.x, L.attn_norm, L.wqkv, a.h)

@@ -32,11 +32,6 @@ Optional ops (the executor composes them from required ops when a backend lacks 
         params = (temperature, top_k, top_p, min_p) as float32; u ~ U[0,1) float32.
         Samples one token from softmax(logits / temperature) restricted by top-k, top-p,
         min-p, exactly as reference.sample does, so a decode step needs no host round-trip.
-  decode_pass(logits[1,V], ids[1], pos[1], model) -> bool
-        The whole forward pass of one token, as core.model.Model composes it from the ops
-        above: the embedding of ids[0], every layer (writing k, v into cache row pos[0]) and
-        the classifier into logits. `model` is that Model: its weights, caches, RoPE tables
-        and config. Returns False, having done nothing, when it does not handle this model.
 """
 from __future__ import annotations
 
@@ -45,7 +40,7 @@ from typing import Any
 
 REQUIRED_OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add",
                 "argmax")
-OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "rmsnorm_swiglu", "sample", "decode_pass")
+OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "rmsnorm_swiglu", "sample")
 ALL_OPS = REQUIRED_OPS + OPTIONAL_OPS
 
 DENSE = "dense"        # weight format of an unquantized matrix in the compute dtype

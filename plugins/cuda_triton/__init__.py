@@ -8,7 +8,7 @@ KERNELS = {
     "embedding": "kernels", "rmsnorm": "kernels", "rope": "kernels", "silu_mul": "kernels",
     "add": "kernels", "argmax": "kernels", "attention": "attention", "linear": "linear",
     "rmsnorm_linear": "linear", "linear_add": "linear", "rmsnorm_swiglu": "linear",
-    "sample": "sampling", "decode_pass": "decode_pass",
+    "sample": "sampling",
 }
 FIX = "pip install 'polyllama[cuda-triton]'"
 
