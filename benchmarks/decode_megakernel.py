@@ -50,12 +50,14 @@ BLOCK_T = 64        # cached positions per attention tile
 MERGE_CHUNK = 12    # attention partials merged per round trip
 CONSUMER_WARPS = 8
 
+
 @gluon.jit
 def _mbarriers(NS: gl.constexpr):
     bars = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NS):
         mbarrier.init(bars.index(i), count=1)
     return bars
+
 
 @gluon.jit
 def _weight_stage(ws, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr,
@@ -83,6 +85,7 @@ def _weight_stage(ws, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr,
         N = V
         base = 0
     return m, base, K // BK, gl.cdiv(N, BN)
+
 
 @gluon.jit
 def _producer(dqkv, do, d13, d2, dout, ring, ready, empty, ids, L, D: gl.constexpr,
@@ -128,6 +131,7 @@ def _producer(dqkv, do, d13, d2, dout, ring, ready, empty, ids, L, D: gl.constex
         mbarrier.arrive(ready.index(slot))
         g += 1
 
+
 @gluon.jit
 def _flat(XL: gl.constexpr, KCP: gl.constexpr, BK: gl.constexpr):
     """Offsets of a [KCP, BK] tile in layout XL: element e of a vector sits at row
@@ -136,10 +140,12 @@ def _flat(XL: gl.constexpr, KCP: gl.constexpr, BK: gl.constexpr):
     cc = gl.arange(0, BK, layout=gl.SliceLayout(0, XL))
     return gl.expand_dims(r, 1) * BK + gl.expand_dims(cc, 0)
 
+
 @gluon.jit
 def _stage_vector(x_smem, v, KCP: gl.constexpr, BK: gl.constexpr):
     x_smem._reinterpret(gl.bfloat16, [KCP, BK],
                         gl.SwizzledSharedLayout(1, 1, 1, [1, 0])).store(v.to(gl.bfloat16))
+
 
 @gluon.jit
 def _stage_norm(x_smem, in_ptr, g_ptr, eps, K: gl.constexpr, XL: gl.constexpr,
@@ -153,6 +159,7 @@ def _stage_norm(x_smem, in_ptr, g_ptr, eps, K: gl.constexpr, XL: gl.constexpr,
     _stage_vector(x_smem, v, KCP, BK)
     return rstd
 
+
 @gluon.jit
 def _stage_swiglu(x_smem, in_ptr, F: gl.constexpr, XL: gl.constexpr, KCP: gl.constexpr,
                   BK: gl.constexpr):
@@ -161,6 +168,7 @@ def _stage_swiglu(x_smem, in_ptr, F: gl.constexpr, XL: gl.constexpr, KCP: gl.con
     a = gl.load(in_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
     b = gl.load(in_ptr + F + offs, mask=mask, other=0.0, cache_modifier=".cg")
     _stage_vector(x_smem, a / (1.0 + gl.exp(-a)) * b, KCP, BK)
+
 
 @gluon.jit
 def _stage_merge(x_smem, part_ptr, ml_ptr, nsplit, H: gl.constexpr, HD: gl.constexpr,
@@ -193,6 +201,7 @@ def _stage_merge(x_smem, part_ptr, ml_ptr, nsplit, H: gl.constexpr, HD: gl.const
     x_smem._reinterpret(gl.bfloat16, [H, HD],
                         gl.SwizzledSharedLayout(1, 1, 1, [1, 0])).store(out.to(gl.bfloat16))
 
+
 @gluon.jit
 def _kv_tile(kc_ptr, vc_ptr, cache, t_start, t_end, KVH: gl.constexpr, HD: gl.constexpr,
              BLOCK_T: gl.constexpr, KL: gl.constexpr):
@@ -208,6 +217,7 @@ def _kv_tile(kc_ptr, vc_ptr, cache, t_start, t_end, KVH: gl.constexpr, HD: gl.co
     v_even = gl.load(vc_ptr + rows, mask=valid, other=0.0, cache_modifier=".cg")
     v_odd = gl.load(vc_ptr + rows + 1, mask=valid, other=0.0, cache_modifier=".cg")
     return k_even, k_odd, v_even, v_odd
+
 
 @gluon.jit
 def _attention_tile(q_even, q_odd, k_even, k_odd, v_even, v_odd, t_start, t_end, m_i,
@@ -231,6 +241,7 @@ def _attention_tile(q_even, q_odd, k_even, k_odd, v_even, v_odd, t_start, t_end,
     acc_odd = acc_odd * alpha + gl.sum(p * gl.expand_dims(v_odd.to(gl.float32), 0), axis=1)
     return m_new, l_i, acc_even, acc_odd
 
+
 @gluon.jit
 def _item_bounds(it, nsplit, span, pos, layer, ctx, KVH: gl.constexpr, HD: gl.constexpr):
     """(kv head, split, its positions [t0, t1), cache offset of the kv head's layer)."""
@@ -239,6 +250,7 @@ def _item_bounds(it, nsplit, span, pos, layer, ctx, KVH: gl.constexpr, HD: gl.co
     t0 = sp * span
     t1 = gl.minimum(t0 + span, pos + 1)
     return kvh, sp, t0, t1, kvh * HD + layer.to(gl.int64) * ctx * KVH * HD
+
 
 @gluon.jit
 def _attention_item(it, nsplit, span, pos, layer, k_even, k_odd, v_even, v_odd, qkv_ptr,
@@ -315,6 +327,7 @@ def _attention_item(it, nsplit, span, pos, layer, k_even, k_odd, v_even, v_odd, 
     gl.store(ml_ptr + rm * 2, m_i)
     gl.store(ml_ptr + rm * 2 + 1, l_i)
 
+
 @gluon.jit
 def _stamp(ptr, TIMELINE: gl.constexpr):
     """With TIMELINE: the global timer (ns) into ptr (--timeline)."""
@@ -324,6 +337,7 @@ def _stamp(ptr, TIMELINE: gl.constexpr):
                                       pack=1)
         gl.store(ptr, t)
 
+
 @gluon.jit
 def _wait_stage(cnt_ptr, target):
     v = gl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
@@ -331,12 +345,14 @@ def _wait_stage(cnt_ptr, target):
         v = gl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
     gl.thread_barrier()
 
+
 @gluon.jit
 def _next_id(ready, ids, g, NS: gl.constexpr, ONE: gl.constexpr):
     """Wait for ring slot g and read which row block it holds (-1: end of the stage)."""
     slot = g % NS
     mbarrier.wait(ready.index(slot), (g // NS) & 1)
     return gl.max(ids.index(slot).load(ONE), axis=0)
+
 
 @gluon.jit
 def _consumer(ring, ready, empty, ids, x_smem, tok_ptr, pos_ptr, emb_ptr, h_ptr, qkv_ptr,
@@ -450,6 +466,7 @@ def _consumer(ring, ready, empty, ids, x_smem, tok_ptr, pos_ptr, emb_ptr, h_ptr,
         _stamp(stamps + 2, TIMELINE)
         gl.thread_barrier()
         gl.atomic_add(cnt_ptr + s, 1, sem="release", scope="gpu")
+
 
 @gluon.jit
 def _decode_pass_kernel(dqkv, do, d13, d2, dout, tok_ptr, pos_ptr, emb_ptr, h_ptr,

@@ -4,20 +4,22 @@ TinyLlama's decode GEMVs (22 x [qkv, o, w13, w2] + classifier, bf16, random weig
 same data flow as `persistent_chain.py`) as one persistent Gluon kernel (Hopper, Triton
 >= 3.6), against the chain of cuda:triton GEMV kernels with programmatic dependent launch,
 each replayed as a CUDA graph:
-  - a program per multiprocessor; its producer warp claims row blocks ([BN, K] weights)
-    of each stage in turn from an atomic counter, so a program whose memory is served
-    faster takes more, and streams their [BN, 256] tiles through TMA into an NS-deep
-    shared-memory ring; it never waits for activations, so weights keep arriving while
+  - a program per multiprocessor; its producer warp takes row blocks ([BN, K] weights) of
+    each stage in turn, claimed from an atomic counter (so a program whose memory is
+    served faster takes more) or, with --assign fixed, blocks c, c + P, ...; it streams
+    their [BN, 256] tiles through TMA into an NS-deep shared-memory ring, at most INFLIGHT
+    on their way at once, and never waits for activations, so weights keep arriving while
     the consumer warps wait for the previous stage;
   - the consumer warps stage the input vector (rmsnorm, or silu(gate) * up) in shared
     memory, multiply each claimed row block by it and store its rows of the stage's
     float32 output; a stage starts once every program has arrived on its counter.
-Rows printed per tile shape:
+Rows printed per ring shape (--ring ROWS,SLOTS,WARPS[,INFLIGHT]):
   barriers        the real thing (its result checked against a float64 reference);
   streaming only  no waits between stages (wrong result): the weight stream alone;
   consumer only   the producer loads nothing: stages, barriers and arithmetic alone.
 
-    python benchmarks/tma_ring_chain.py [--timeline] [--ring 32,12,8,3 ...]
+    python benchmarks/tma_ring_chain.py [--timeline] [--ring 16,24,8,5 ...]
+        [--assign claim fixed] [--poll atomic load] [--barriers-only]
 """
 from __future__ import annotations
 
@@ -168,8 +170,9 @@ def _load_acquire(ptr):
 
 @gluon.jit
 def _wait_stage(cnt_ptr, target, POLL_LOAD: gl.constexpr):
-    """Until the counter reaches target. POLL_LOAD polls with acquire loads, which the L2
-    serves side by side; otherwise with atomics, which it serializes on the one address."""
+    """Until the counter reaches target. POLL_LOAD: every thread polls with an acquire load;
+    otherwise one thread does (Triton turns the atomic add of 0 into one thread's acquire
+    load) and shares what it read."""
     if POLL_LOAD:
         v = _load_acquire(cnt_ptr)
         while v < target:
@@ -194,8 +197,7 @@ def _consumer(ring, ready, empty, ids, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, l
               cnt_ptr, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr,
               QKV: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, NS: gl.constexpr,
               BARRIERS: gl.constexpr, POLL_LOAD: gl.constexpr, DC: gl.constexpr,
-              FC: gl.constexpr, time_ptr,
-              TIMELINE: gl.constexpr):
+              FC: gl.constexpr, time_ptr, TIMELINE: gl.constexpr):
     NW: gl.constexpr = gl.num_warps()
     TILE: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NW, 1], [1, 0])
     XL: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
@@ -274,8 +276,7 @@ def _ring_chain_kernel(dq, do, d13, d2, dout, h_ptr, g_ptr, qkv_ptr, a13_ptr, lo
     gl.warp_specialize([
         (_consumer, (ring, ready, empty, ids, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr,
                      logit_ptr, cnt_ptr, L, D, F, V, QKV, BN, BK, NS, BARRIERS, POLL_LOAD,
-                     DC, FC,
-                     time_ptr, TIMELINE)),
+                     DC, FC, time_ptr, TIMELINE)),
         (_producer, (dq, do, d13, d2, dout, ring, ready, empty, ids, claim_ptr, L, D, F, V,
                      QKV, BN, BK, NS, WEIGHTS, INFLIGHT, FIXED)),
     ], [1], [40])
@@ -374,6 +375,7 @@ def main(argv=None) -> None:
                 step(timeline=True)
                 torch.cuda.synchronize()
                 print_timeline(stamps, L)
+
 
 if __name__ == "__main__":
     main()
