@@ -14,11 +14,10 @@ import argparse
 import numpy as np
 import torch
 
-from polyllama import get_device
 from polyllama.bench import SHAPES, random_checkpoint
 from polyllama.model import Model
 
-from timing import median_us
+from timing import cuda_triton_and_bandwidth, median_us
 
 
 def step_us(device, step, replays: int) -> float:
@@ -61,9 +60,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("shapes", nargs="*", default=["tinyllama-1.1b", "llama2-7b"])
     args = p.parse_args(argv)
-    dev = get_device("cuda:triton")
-    bandwidth = dev.measure_bandwidth()
-    print(f"{dev.name()}: copy bandwidth {bandwidth / 1e12:.3f} TB/s")
+    dev, bandwidth = cuda_triton_and_bandwidth()
     for shape in args.shapes:
         ablate(dev, shape, bandwidth)
         torch.cuda.empty_cache()

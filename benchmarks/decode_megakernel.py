@@ -32,14 +32,16 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from polyllama import get_device
 from polyllama.bench import SHAPES, random_checkpoint
 from polyllama.model import Model
 
-from timing import median_us
+from decode_ablation import step_us
+from tma_ring_chain import (end_stage, flat_offsets, load_tile, next_row_block, ring_buffers,
+                            row_block_sums, stamp, take_slot, wait_stage, weight_stage)
+from timing import cuda_triton_and_bandwidth
 
 BK = 256            # tile width: a K chunk of 256 weights
 BN = 16             # rows per tile and per row block
@@ -52,93 +54,24 @@ CONSUMER_WARPS = 8
 
 
 @gluon.jit
-def _mbarriers(NS: gl.constexpr):
-    bars = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(NS):
-        mbarrier.init(bars.index(i), count=1)
-    return bars
-
-
-@gluon.jit
-def _weight_stage(ws, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr,
-                  QKV: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr):
-    """Weight stage ws -> (matrix: 0 qkv, 1 o, 2 w13, 3 w2, 4 classifier; layer; first
-    row in the stacked matrix; K chunks; row blocks)."""
-    layer = ws // 4
-    m = ws % 4
-    if ws == 4 * L:
-        m = 4
-    N = QKV
-    K = D
-    base = layer * QKV
-    if m == 1:
-        N = D
-        base = layer * D
-    if m == 2:
-        N = 2 * F
-        base = layer * 2 * F
-    if m == 3:
-        N = D
-        K = F
-        base = layer * D
-    if m == 4:
-        N = V
-        base = 0
-    return m, base, K // BK, gl.cdiv(N, BN)
-
-
-@gluon.jit
 def _producer(dqkv, do, d13, d2, dout, ring, ready, empty, ids, L, D: gl.constexpr,
               F: gl.constexpr, V: gl.constexpr, QKV: gl.constexpr, BN: gl.constexpr,
               BK: gl.constexpr, NS: gl.constexpr, INFLIGHT: gl.constexpr):
     """One warp: streams this program's row blocks of every weight stage into the ring
     and ends each stage with a slot whose id is -1."""
-    ONE: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     c = gl.program_id(0)
     P = gl.num_programs(0)
     g = 0
     for ws in range(4 * L + 1):
-        m, base, KC, NRB = _weight_stage(ws, L, D, F, V, QKV, BN, BK)
+        m, layer, N, base, KC, NRB = weight_stage(ws, L, D, F, V, QKV, BN, BK)
         for rb in range(c, NRB, P):
-            row = base + rb * BN
             for kc in range(KC):
-                slot = g % NS
-                mbarrier.wait(empty.index(slot), ((g // NS) & 1) ^ 1)
-                if g >= INFLIGHT:   # tile g - INFLIGHT has landed
-                    mbarrier.wait(ready.index((g - INFLIGHT) % NS),
-                                  ((g - INFLIGHT) // NS) & 1)
-                ids.index(slot).store(gl.full([1], rb, gl.int32, layout=ONE))
-                gl.thread_barrier()
-                bar = ready.index(slot)
-                dst = ring.index(slot)
-                k = kc * BK
-                mbarrier.expect(bar, dqkv.block_type.nbytes)
-                if m == 0:
-                    tma.async_copy_global_to_shared(dqkv, [row, k], bar, dst)
-                elif m == 1:
-                    tma.async_copy_global_to_shared(do, [row, k], bar, dst)
-                elif m == 2:
-                    tma.async_copy_global_to_shared(d13, [row, k], bar, dst)
-                elif m == 3:
-                    tma.async_copy_global_to_shared(d2, [row, k], bar, dst)
-                else:
-                    tma.async_copy_global_to_shared(dout, [row, k], bar, dst)
+                slot = take_slot(ready, empty, ids, g, rb, NS, INFLIGHT)
+                load_tile(m, dqkv, do, d13, d2, dout, base + rb * BN, kc * BK,
+                          ready.index(slot), ring.index(slot))
                 g += 1
-        slot = g % NS
-        mbarrier.wait(empty.index(slot), ((g // NS) & 1) ^ 1)
-        ids.index(slot).store(gl.full([1], -1, gl.int32, layout=ONE))
-        gl.thread_barrier()
-        mbarrier.arrive(ready.index(slot))
+        end_stage(ready, empty, ids, g, NS)
         g += 1
-
-
-@gluon.jit
-def _flat(XL: gl.constexpr, KCP: gl.constexpr, BK: gl.constexpr):
-    """Offsets of a [KCP, BK] tile in layout XL: element e of a vector sits at row
-    e // BK, column e % BK."""
-    r = gl.arange(0, KCP, layout=gl.SliceLayout(1, XL))
-    cc = gl.arange(0, BK, layout=gl.SliceLayout(0, XL))
-    return gl.expand_dims(r, 1) * BK + gl.expand_dims(cc, 0)
 
 
 @gluon.jit
@@ -151,7 +84,7 @@ def _stage_vector(x_smem, v, KCP: gl.constexpr, BK: gl.constexpr):
 def _stage_norm(x_smem, in_ptr, g_ptr, eps, K: gl.constexpr, XL: gl.constexpr,
                 KCP: gl.constexpr, BK: gl.constexpr):
     """in * g into shared memory; returns the rms factor that scales the sums."""
-    offs = _flat(XL, KCP, BK)
+    offs = flat_offsets(XL, KCP, BK)
     mask = offs < K
     v = gl.load(in_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)
     rstd = gl.rsqrt(gl.sum(gl.sum(v * v, axis=1), axis=0) / K + eps)
@@ -163,7 +96,7 @@ def _stage_norm(x_smem, in_ptr, g_ptr, eps, K: gl.constexpr, XL: gl.constexpr,
 @gluon.jit
 def _stage_swiglu(x_smem, in_ptr, F: gl.constexpr, XL: gl.constexpr, KCP: gl.constexpr,
                   BK: gl.constexpr):
-    offs = _flat(XL, KCP, BK)
+    offs = flat_offsets(XL, KCP, BK)
     mask = offs < F
     a = gl.load(in_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
     b = gl.load(in_ptr + F + offs, mask=mask, other=0.0, cache_modifier=".cg")
@@ -329,32 +262,6 @@ def _attention_item(it, nsplit, span, pos, layer, k_even, k_odd, v_even, v_odd, 
 
 
 @gluon.jit
-def _stamp(ptr, TIMELINE: gl.constexpr):
-    """With TIMELINE: the global timer (ns) into ptr (--timeline)."""
-    if TIMELINE:
-        t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r",
-                                      [gl.program_id(0)], dtype=gl.int64, is_pure=False,
-                                      pack=1)
-        gl.store(ptr, t)
-
-
-@gluon.jit
-def _wait_stage(cnt_ptr, target):
-    v = gl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
-    while v < target:
-        v = gl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
-    gl.thread_barrier()
-
-
-@gluon.jit
-def _next_id(ready, ids, g, NS: gl.constexpr, ONE: gl.constexpr):
-    """Wait for ring slot g and read which row block it holds (-1: end of the stage)."""
-    slot = g % NS
-    mbarrier.wait(ready.index(slot), (g // NS) & 1)
-    return gl.max(ids.index(slot).load(ONE), axis=0)
-
-
-@gluon.jit
 def _consumer(ring, ready, empty, ids, x_smem, tok_ptr, pos_ptr, emb_ptr, h_ptr, qkv_ptr,
               a13_ptr, part_ptr, ml_ptr, logit_ptr, cnt_ptr, norms_ptr, kc_ptr, vc_ptr,
               cos_ptr, sin_ptr, L, eps, scale, ctx, nsplit_max, D: gl.constexpr,
@@ -369,7 +276,6 @@ def _consumer(ring, ready, empty, ids, x_smem, tok_ptr, pos_ptr, emb_ptr, h_ptr,
     TILE: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NW, 1], [1, 0])
     XL: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
     ONE: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
-    COL: gl.constexpr = gl.SliceLayout(0, TILE)
     rows0 = gl.arange(0, BN, layout=gl.SliceLayout(1, TILE))
     c = gl.program_id(0)
     P = gl.num_programs(0)
@@ -393,16 +299,16 @@ def _consumer(ring, ready, empty, ids, x_smem, tok_ptr, pos_ptr, emb_ptr, h_ptr,
             t_end = gl.where(c < KVH * nsplit, gl.minimum(t1, pos), 0)
             k_even, k_odd, v_even, v_odd = _kv_tile(kc_ptr, vc_ptr, cache, t0, t_end, KVH,
                                                     HD, BLOCK_T, gl.SliceLayout(0, L3))
-            _wait_stage(cnt_ptr + s - 1, P)
-            _stamp(stamps, TIMELINE)
+            wait_stage(cnt_ptr + s - 1, P, False)
+            stamp(stamps, TIMELINE)
             if c < KVH * nsplit:
                 _attention_item(c, nsplit, span, pos, layer, k_even, k_odd, v_even, v_odd,
                                 qkv_ptr, kc_ptr, vc_ptr, cos_ptr, sin_ptr, part_ptr, ml_ptr,
                                 scale, ctx, H, KVH, HD, G, SMAX, BLOCK_T, L3)
         else:
             if s > 0:
-                _wait_stage(cnt_ptr + s - 1, P)
-            _stamp(stamps, TIMELINE)
+                wait_stage(cnt_ptr + s - 1, P, False)
+            stamp(stamps, TIMELINE)
             N = QKV
             rstd = 1.0
             if m == 0:
@@ -431,24 +337,15 @@ def _consumer(ring, ready, empty, ids, x_smem, tok_ptr, pos_ptr, emb_ptr, h_ptr,
                 rstd = _stage_norm(x_smem, h_ptr, norms_ptr + L * 2 * D, eps, D, XL, DC,
                                    BK)
             gl.thread_barrier()
-            _stamp(stamps + 1, TIMELINE)
+            stamp(stamps + 1, TIMELINE)
             KC = D // BK
             if m == 4:
                 KC = F // BK
-            rb = _next_id(ready, ids, g, NS, ONE)
+            rb = next_row_block(ready, ids, g, NS, ONE)
             while rb >= 0:
-                acc = gl.full([BN, BK], 0.0, gl.float32, layout=TILE)
-                for kc in range(KC):
-                    slot = g % NS
-                    x = x_smem.index(kc).load(COL)
-                    mbarrier.wait(ready.index(slot), (g // NS) & 1)
-                    w = ring.index(slot).load(TILE)
-                    gl.thread_barrier()   # every warp has read the slot: hand it back
-                    mbarrier.arrive(empty.index(slot))
-                    acc += w.to(gl.float32) * gl.expand_dims(x.to(gl.float32), 0)
-                    g += 1
+                y, g = row_block_sums(ring, ready, empty, x_smem, g, KC, NS, BN, BK, TILE)
                 rows = rb * BN + rows0
-                y = gl.sum(acc, axis=1) * rstd
+                y = y * rstd
                 ok = rows < N
                 if m == 0:
                     gl.store(qkv_ptr + rows, y, mask=ok)
@@ -459,11 +356,11 @@ def _consumer(ring, ready, empty, ids, x_smem, tok_ptr, pos_ptr, emb_ptr, h_ptr,
                 else:   # o and w2 add into the residual rows this program owns
                     y += gl.load(h_ptr + rows, mask=ok, other=0.0, cache_modifier=".cg")
                     gl.store(h_ptr + rows, y, mask=ok)
-                rb = _next_id(ready, ids, g, NS, ONE)
+                rb = next_row_block(ready, ids, g, NS, ONE)
             gl.thread_barrier()   # the end-of-stage slot: hand it back
             mbarrier.arrive(empty.index(g % NS))
             g += 1
-        _stamp(stamps + 2, TIMELINE)
+        stamp(stamps + 2, TIMELINE)
         gl.thread_barrier()
         gl.atomic_add(cnt_ptr + s, 1, sem="release", scope="gpu")
 
@@ -480,12 +377,7 @@ def _decode_pass_kernel(dqkv, do, d13, d2, dout, tok_ptr, pos_ptr, emb_ptr, h_pt
                         CHUNK: gl.constexpr, ATTN: gl.constexpr, time_ptr,
                         TIMELINE: gl.constexpr):
     QKV: gl.constexpr = (H + 2 * KVH) * HD
-    ring = gl.allocate_shared_memory(gl.bfloat16, [NS, BN, BK], dqkv.layout)
-    ready = _mbarriers(NS)
-    empty = _mbarriers(NS)
-    ids = gl.allocate_shared_memory(gl.int32, [NS, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    x_smem = gl.allocate_shared_memory(gl.bfloat16, [FC, BK],
-                                       gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    ring, ready, empty, ids, x_smem = ring_buffers(dqkv, NS, BN, BK, FC)
     gl.warp_specialize([
         (_consumer, (ring, ready, empty, ids, x_smem, tok_ptr, pos_ptr, emb_ptr, h_ptr,
                      qkv_ptr, a13_ptr, part_ptr, ml_ptr, logit_ptr, cnt_ptr, norms_ptr,
@@ -658,11 +550,7 @@ def compare(dev, shape: str, bandwidth: float, timeline: bool) -> None:
     replays = max(10, int(50_000 / floor_us))
     for name, step in (("composed step", composed), ("one kernel", one_kernel)):
         model.set_token(3)
-        runner = dev.decode_runner(step)
-        runner()                                  # eager run, then capture
-        runner()
-        torch.cuda.synchronize()
-        us = median_us(runner, replays)
+        us = step_us(dev, step, replays)
         print(f"{shape:15s} {name:13s} {us:8.1f} us/step  {100 * floor_us / us:5.1f}% "
               f"of the floor ({floor_us:.1f} us)", flush=True)
     if timeline:
@@ -680,9 +568,7 @@ def main(argv=None) -> None:
     p.add_argument("--timeline", action="store_true",
                    help="also time each stage's parts (global-timer stamps)")
     args = p.parse_args(argv)
-    dev = get_device("cuda:triton")
-    bandwidth = dev.measure_bandwidth()
-    print(f"{dev.name()}: copy bandwidth {bandwidth / 1e12:.3f} TB/s")
+    dev, bandwidth = cuda_triton_and_bandwidth()
     for shape in args.shapes:
         compare(dev, shape, bandwidth, args.timeline)
         torch.cuda.empty_cache()

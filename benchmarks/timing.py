@@ -5,6 +5,17 @@ import statistics
 
 import torch
 
+from polyllama import get_device
+
+
+def cuda_triton_and_bandwidth():
+    """The cuda:triton device and its copy bandwidth in bytes/s (printed: every floor in
+    these scripts divides by it)."""
+    dev = get_device("cuda:triton")
+    bandwidth = dev.measure_bandwidth()
+    print(f"{dev.name()}: copy bandwidth {bandwidth / 1e12:.3f} TB/s")
+    return dev, bandwidth
+
 
 def median_us(run, replays: int = 20, batches: int = 7) -> float:
     """Microseconds per call of run(): each of `batches` batches times `replays` calls back

@@ -38,7 +38,22 @@ BK = 256   # tile width: a row's K chunk
 
 
 @gluon.jit
-def _mbarriers(NS: gl.constexpr):
+def ring_buffers(desc, NS: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
+                 FC: gl.constexpr):
+    """Shared memory of a program: the NS-slot weight ring ([BN, BK] tiles in the layout of
+    the TMA descriptor desc), its ready and empty mbarriers, the row block id of each slot,
+    and FC chunks of BK for the staged input vector."""
+    ring = gl.allocate_shared_memory(gl.bfloat16, [NS, BN, BK], desc.layout)
+    ready = init_mbarriers(NS)
+    empty = init_mbarriers(NS)
+    ids = gl.allocate_shared_memory(gl.int32, [NS, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    x_smem = gl.allocate_shared_memory(gl.bfloat16, [FC, BK],
+                                       gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    return ring, ready, empty, ids, x_smem
+
+
+@gluon.jit
+def init_mbarriers(NS: gl.constexpr):
     """NS mbarriers in shared memory, each completing on one arrival (or one TMA's bytes)."""
     bars = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NS):
@@ -47,26 +62,69 @@ def _mbarriers(NS: gl.constexpr):
 
 
 @gluon.jit
-def _stage(s, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr, QKV: gl.constexpr,
-           BN: gl.constexpr, BK: gl.constexpr):
-    """Stage s -> (matrix: 0 qkv, 1 o, 2 w13, 3 w2, 4 classifier; layer; rows; K chunks;
-    row blocks)."""
+def weight_stage(s, L, D: gl.constexpr, F: gl.constexpr, V: gl.constexpr, QKV: gl.constexpr,
+                 BN: gl.constexpr, BK: gl.constexpr):
+    """Weight stage s -> (matrix: 0 qkv, 1 o, 2 w13, 3 w2, 4 classifier; layer; rows; the
+    matrix's first row in its stack of layers; K chunks; row blocks)."""
     layer = s // 4
     m = s % 4
     if s == 4 * L:
         m = 4
     N = QKV
     K = D
+    base = layer * QKV
     if m == 1:
         N = D
+        base = layer * D
     if m == 2:
         N = 2 * F
+        base = layer * 2 * F
     if m == 3:
         N = D
         K = F
+        base = layer * D
     if m == 4:
         N = V
-    return m, layer, N, K // BK, gl.cdiv(N, BN)
+        base = 0
+    return m, layer, N, base, K // BK, gl.cdiv(N, BN)
+
+
+@gluon.jit
+def load_tile(m, dqkv, do, d13, d2, dout, row, k, bar, dst):
+    """TMA of weight tile [row, k] of matrix m (as weight_stage numbers them) into dst."""
+    mbarrier.expect(bar, dqkv.block_type.nbytes)
+    if m == 0:
+        tma.async_copy_global_to_shared(dqkv, [row, k], bar, dst)
+    elif m == 1:
+        tma.async_copy_global_to_shared(do, [row, k], bar, dst)
+    elif m == 2:
+        tma.async_copy_global_to_shared(d13, [row, k], bar, dst)
+    elif m == 3:
+        tma.async_copy_global_to_shared(d2, [row, k], bar, dst)
+    else:
+        tma.async_copy_global_to_shared(dout, [row, k], bar, dst)
+
+
+@gluon.jit
+def take_slot(ready, empty, ids, g, rb, NS: gl.constexpr, INFLIGHT: gl.constexpr):
+    """Ring slot of tile g, for row block rb: once the consumers have handed it back and at
+    most INFLIGHT - 1 tiles are still on their way."""
+    slot = g % NS
+    mbarrier.wait(empty.index(slot), ((g // NS) & 1) ^ 1)
+    if INFLIGHT < NS:
+        if g >= INFLIGHT:   # tile g - INFLIGHT has landed
+            mbarrier.wait(ready.index((g - INFLIGHT) % NS), ((g - INFLIGHT) // NS) & 1)
+    ONE: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])     # the producer's one warp
+    ids.index(slot).store(gl.full([1], rb, gl.int32, layout=ONE))
+    gl.thread_barrier()
+    return slot
+
+
+@gluon.jit
+def end_stage(ready, empty, ids, g, NS: gl.constexpr):
+    """Ring entry g marks the end of the producer's share of a stage (row block -1)."""
+    slot = take_slot(ready, empty, ids, g, -1, NS, NS)
+    mbarrier.arrive(ready.index(slot))
 
 
 @gluon.jit
@@ -80,12 +138,11 @@ def _producer(dq, do, d13, d2, dout, ring, ready, empty, ids, claim_ptr, L, D: g
     takes row blocks c, c + P, ... instead, with no atomic on its way. At most INFLIGHT
     tiles are on their way at once: bytes queued beyond what keeps memory busy only delay
     everything behind them, the stage counters' atomics included."""
-    ONE: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     c = gl.program_id(0)
     P = gl.num_programs(0)
     g = 0
     for s in range(4 * L + 1):
-        m, layer, N, KC, NRB = _stage(s, L, D, F, V, QKV, BN, BK)
+        m, layer, N, base, KC, NRB = weight_stage(s, L, D, F, V, QKV, BN, BK)
         if FIXED:
             rb = c
         else:
@@ -93,29 +150,11 @@ def _producer(dq, do, d13, d2, dout, ring, ready, empty, ids, claim_ptr, L, D: g
         while rb < NRB:
             row = rb * BN
             for kc in range(KC):
-                slot = g % NS
-                mbarrier.wait(empty.index(slot), ((g // NS) & 1) ^ 1)
-                if INFLIGHT < NS:
-                    if g >= INFLIGHT:   # tile g - INFLIGHT has landed
-                        mbarrier.wait(ready.index((g - INFLIGHT) % NS),
-                                      ((g - INFLIGHT) // NS) & 1)
-                ids.index(slot).store(gl.full([1], rb, gl.int32, layout=ONE))
-                gl.thread_barrier()
+                slot = take_slot(ready, empty, ids, g, rb, NS, INFLIGHT)
                 bar = ready.index(slot)
                 dst = ring.index(slot)
-                k = kc * BK
                 if WEIGHTS:
-                    mbarrier.expect(bar, dq.block_type.nbytes)
-                    if m == 0:
-                        tma.async_copy_global_to_shared(dq, [layer * QKV + row, k], bar, dst)
-                    elif m == 1:
-                        tma.async_copy_global_to_shared(do, [layer * D + row, k], bar, dst)
-                    elif m == 2:
-                        tma.async_copy_global_to_shared(d13, [layer * 2 * F + row, k], bar, dst)
-                    elif m == 3:
-                        tma.async_copy_global_to_shared(d2, [layer * D + row, k], bar, dst)
-                    else:
-                        tma.async_copy_global_to_shared(dout, [row, k], bar, dst)
+                    load_tile(m, dq, do, d13, d2, dout, base + row, kc * BK, bar, dst)
                 else:
                     mbarrier.arrive(bar)
                 g += 1
@@ -123,12 +162,17 @@ def _producer(dq, do, d13, d2, dout, ring, ready, empty, ids, claim_ptr, L, D: g
                 rb += P
             else:
                 rb = gl.atomic_add(claim_ptr + s, 1, sem="relaxed")
-        slot = g % NS
-        mbarrier.wait(empty.index(slot), ((g // NS) & 1) ^ 1)
-        ids.index(slot).store(gl.full([1], -1, gl.int32, layout=ONE))
-        gl.thread_barrier()
-        mbarrier.arrive(ready.index(slot))
+        end_stage(ready, empty, ids, g, NS)
         g += 1
+
+
+@gluon.jit
+def flat_offsets(XL: gl.constexpr, KCP: gl.constexpr, BK: gl.constexpr):
+    """Offsets of a [KCP, BK] tile in layout XL: element e of a vector sits at row e // BK,
+    column e % BK."""
+    r = gl.arange(0, KCP, layout=gl.SliceLayout(1, XL))
+    cc = gl.arange(0, BK, layout=gl.SliceLayout(0, XL))
+    return gl.expand_dims(r, 1) * BK + gl.expand_dims(cc, 0)
 
 
 @gluon.jit
@@ -136,9 +180,7 @@ def _stage_input(x_smem, in_ptr, g_ptr, MODE: gl.constexpr, K: gl.constexpr, XL:
                  KCP: gl.constexpr, BK: gl.constexpr):
     """The stage's input vector, loaded in one go, into shared memory as [K chunk, BK].
     MODE 0: in * g (the returned rms factor scales the sums); 1: in; 2: silu(in[:K]) * in[K:]."""
-    r = gl.arange(0, KCP, layout=gl.SliceLayout(1, XL))
-    cc = gl.arange(0, BK, layout=gl.SliceLayout(0, XL))
-    offs = gl.expand_dims(r, 1) * BK + gl.expand_dims(cc, 0)
+    offs = flat_offsets(XL, KCP, BK)
     mask = offs < K
     v = gl.load(in_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
     rstd = 1.0
@@ -154,7 +196,7 @@ def _stage_input(x_smem, in_ptr, g_ptr, MODE: gl.constexpr, K: gl.constexpr, XL:
 
 
 @gluon.jit
-def _stamp(ptr, TIMELINE: gl.constexpr):
+def stamp(ptr, TIMELINE: gl.constexpr):
     """--timeline: the global timer (ns) into ptr."""
     if TIMELINE:
         t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [gl.program_id(0)],
@@ -169,7 +211,7 @@ def _load_acquire(ptr):
 
 
 @gluon.jit
-def _wait_stage(cnt_ptr, target, POLL_LOAD: gl.constexpr):
+def wait_stage(cnt_ptr, target, POLL_LOAD: gl.constexpr):
     """Until the counter reaches target. POLL_LOAD: every thread polls with an acquire load;
     otherwise one thread does (Triton turns the atomic add of 0 into one thread's acquire
     load) and shares what it read."""
@@ -185,11 +227,29 @@ def _wait_stage(cnt_ptr, target, POLL_LOAD: gl.constexpr):
 
 
 @gluon.jit
-def _next_id(ready, ids, g, NS: gl.constexpr, ONE: gl.constexpr):
+def next_row_block(ready, ids, g, NS: gl.constexpr, ONE: gl.constexpr):
     """Wait for ring slot g and read which row block it holds (-1: end of the stage)."""
     slot = g % NS
     mbarrier.wait(ready.index(slot), (g // NS) & 1)
     return gl.max(ids.index(slot).load(ONE), axis=0)
+
+
+@gluon.jit
+def row_block_sums(ring, ready, empty, x_smem, g, KC, NS: gl.constexpr, BN: gl.constexpr,
+                   BK: gl.constexpr, TILE: gl.constexpr):
+    """The row sums of the next KC ring tiles (one row block) times the staged input, each
+    slot handed back once read; returns them and the ring position after them."""
+    acc = gl.full([BN, BK], 0.0, gl.float32, layout=TILE)
+    for kc in range(KC):
+        slot = g % NS
+        x = x_smem.index(kc).load(gl.SliceLayout(0, TILE))
+        mbarrier.wait(ready.index(slot), (g // NS) & 1)
+        w = ring.index(slot).load(TILE)
+        gl.thread_barrier()   # every warp has read the slot: hand it back
+        mbarrier.arrive(empty.index(slot))
+        acc += w.to(gl.float32) * gl.expand_dims(x.to(gl.float32), 0)
+        g += 1
+    return gl.sum(acc, axis=1), g
 
 
 @gluon.jit
@@ -202,19 +262,18 @@ def _consumer(ring, ready, empty, ids, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, l
     TILE: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NW, 1], [1, 0])
     XL: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [NW, 1], [1, 0])
     ONE: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
-    COL: gl.constexpr = gl.SliceLayout(0, TILE)
     rows0 = gl.arange(0, BN, layout=gl.SliceLayout(1, TILE))
     c = gl.program_id(0)
     P = gl.num_programs(0)
     g = 0
     for s in range(4 * L + 1):
-        m, layer, N, KC, NRB = _stage(s, L, D, F, V, QKV, BN, BK)
+        m, layer, N, base, KC, NRB = weight_stage(s, L, D, F, V, QKV, BN, BK)
         stamps = time_ptr + (c * (4 * L + 1) + s) * 3
         if BARRIERS:
             if s > 0:
-                _wait_stage(cnt_ptr + s - 1, P, POLL_LOAD)
+                wait_stage(cnt_ptr + s - 1, P, POLL_LOAD)
         gl.thread_barrier()
-        _stamp(stamps, TIMELINE)
+        stamp(stamps, TIMELINE)
         out_ptr = h_ptr   # o and w2 add into the residual stream
         rstd = 1.0
         if m == 0:
@@ -231,29 +290,20 @@ def _consumer(ring, ready, empty, ids, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, l
             out_ptr = logit_ptr
             rstd = _stage_input(x_smem, h_ptr, g_ptr, 0, D, XL, DC, BK)
         gl.thread_barrier()
-        _stamp(stamps + 1, TIMELINE)
-        rb = _next_id(ready, ids, g, NS, ONE)
+        stamp(stamps + 1, TIMELINE)
+        rb = next_row_block(ready, ids, g, NS, ONE)
         while rb >= 0:   # a claimed row block, whole
-            acc = gl.full([BN, BK], 0.0, gl.float32, layout=TILE)
-            for kc in range(KC):
-                slot = g % NS
-                x = x_smem.index(kc).load(COL)
-                mbarrier.wait(ready.index(slot), (g // NS) & 1)
-                w = ring.index(slot).load(TILE)
-                gl.thread_barrier()   # every warp has read the slot: hand it back
-                mbarrier.arrive(empty.index(slot))
-                acc += w.to(gl.float32) * gl.expand_dims(x.to(gl.float32), 0)
-                g += 1
+            y, g = row_block_sums(ring, ready, empty, x_smem, g, KC, NS, BN, BK, TILE)
             rows = rb * BN + rows0
-            y = gl.sum(acc, axis=1) * rstd
+            y = y * rstd
             if (m == 1) | (m == 3):   # this program owns these rows of the residual stream
                 y += gl.load(out_ptr + rows, mask=rows < N, other=0.0, cache_modifier=".cg")
             gl.store(out_ptr + rows, y, mask=rows < N)
-            rb = _next_id(ready, ids, g, NS, ONE)
+            rb = next_row_block(ready, ids, g, NS, ONE)
         gl.thread_barrier()   # the end-of-stage slot: hand it back
         mbarrier.arrive(empty.index(g % NS))
         g += 1
-        _stamp(stamps + 2, TIMELINE)
+        stamp(stamps + 2, TIMELINE)
         if BARRIERS:
             gl.thread_barrier()
             gl.atomic_add(cnt_ptr + s, 1, sem="release", scope="gpu")
@@ -267,12 +317,7 @@ def _ring_chain_kernel(dq, do, d13, d2, dout, h_ptr, g_ptr, qkv_ptr, a13_ptr, lo
                        INFLIGHT: gl.constexpr, POLL_LOAD: gl.constexpr, FIXED: gl.constexpr,
                        DC: gl.constexpr, FC: gl.constexpr, time_ptr,
                        TIMELINE: gl.constexpr):
-    ring = gl.allocate_shared_memory(gl.bfloat16, [NS, BN, BK], dq.layout)
-    ready = _mbarriers(NS)
-    empty = _mbarriers(NS)
-    ids = gl.allocate_shared_memory(gl.int32, [NS, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    x_smem = gl.allocate_shared_memory(gl.bfloat16, [FC, BK],
-                                       gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    ring, ready, empty, ids, x_smem = ring_buffers(dq, NS, BN, BK, FC)
     gl.warp_specialize([
         (_consumer, (ring, ready, empty, ids, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr,
                      logit_ptr, cnt_ptr, L, D, F, V, QKV, BN, BK, NS, BARRIERS, POLL_LOAD,
