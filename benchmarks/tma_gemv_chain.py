@@ -32,7 +32,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from polyllama.plugins.cuda_triton.attention import attention
 
 import persistent_chain
-from tma_ring_chain import _mbarriers, _stage_input
+from tma_ring_chain import _stage_input, init_mbarriers
 
 BK = 256
 
@@ -75,7 +75,7 @@ def _gemv_ring(desc, in_ptr, g_ptr, out_ptr, res_ptr, row_base, N, K: gl.constex
     COL: gl.constexpr = gl.SliceLayout(0, TILE)
     KC: gl.constexpr = K // BK
     ring = gl.allocate_shared_memory(gl.bfloat16, [NS, BN, BK], desc.layout)
-    ready = _mbarriers(NS)
+    ready = init_mbarriers(NS)
     x_smem = gl.allocate_shared_memory(gl.bfloat16, [KCP, BK],
                                        gl.SwizzledSharedLayout(1, 1, 1, [0]))
     c = gl.program_id(0)

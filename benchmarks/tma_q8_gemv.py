@@ -29,7 +29,7 @@ from polyllama.plugins.cuda_triton import linear
 
 from persistent_chain import check_close, graph_us
 from tma_gemv_chain import _pdl_start
-from tma_ring_chain import _mbarriers
+from tma_ring_chain import init_mbarriers
 
 GROUP, BKQ, REPS = 64, 256, 6
 SHAPES = dict(qkv=(12288, 4096), o=(4096, 4096), w13=(22016, 4096), w2=(4096, 11008),
@@ -63,7 +63,7 @@ def _q8_ring_gemv(qdesc, sdesc, x_ptr, out_ptr, N, K: gl.constexpr, GROUP: gl.co
     KC: gl.constexpr = K // BKQ
     ring_q = gl.allocate_shared_memory(gl.int8, [NS, BN, BKQ], qdesc.layout)
     ring_s = gl.allocate_shared_memory(gl.float32, [NS, BN, NG], sdesc.layout)
-    ready = _mbarriers(NS)
+    ready = init_mbarriers(NS)
     x_smem = gl.allocate_shared_memory(gl.bfloat16, [KCP, BKQ],
                                        gl.SwizzledSharedLayout(1, 1, 1, [0]))
     c = gl.program_id(0)
