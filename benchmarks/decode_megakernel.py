@@ -39,8 +39,8 @@ from polyllama.bench import SHAPES, random_checkpoint
 from polyllama.model import Model
 
 from decode_ablation import step_us
-from tma_ring_chain import (end_stage, flat_offsets, load_tile, next_row_block, ring_buffers,
-                            row_block_sums, stamp, take_slot, wait_stage, weight_stage)
+from tma_ring_chain import (end_stage, load_tile, next_row_block, ring_buffers, row_block_sums,
+                            stage_input, stamp, take_slot, wait_stage, weight_stage)
 from timing import cuda_triton_and_bandwidth
 
 BK = 256            # tile width: a K chunk of 256 weights
@@ -72,35 +72,6 @@ def _producer(dqkv, do, d13, d2, dout, ring, ready, empty, ids, L, D: gl.constex
                 g += 1
         end_stage(ready, empty, ids, g, NS)
         g += 1
-
-
-@gluon.jit
-def _stage_vector(x_smem, v, KCP: gl.constexpr, BK: gl.constexpr):
-    x_smem._reinterpret(gl.bfloat16, [KCP, BK],
-                        gl.SwizzledSharedLayout(1, 1, 1, [1, 0])).store(v.to(gl.bfloat16))
-
-
-@gluon.jit
-def _stage_norm(x_smem, in_ptr, g_ptr, eps, K: gl.constexpr, XL: gl.constexpr,
-                KCP: gl.constexpr, BK: gl.constexpr):
-    """in * g into shared memory; returns the rms factor that scales the sums."""
-    offs = flat_offsets(XL, KCP, BK)
-    mask = offs < K
-    v = gl.load(in_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)
-    rstd = gl.rsqrt(gl.sum(gl.sum(v * v, axis=1), axis=0) / K + eps)
-    v = v * gl.load(g_ptr + offs, mask=mask, other=0.0).to(gl.float32)
-    _stage_vector(x_smem, v, KCP, BK)
-    return rstd
-
-
-@gluon.jit
-def _stage_swiglu(x_smem, in_ptr, F: gl.constexpr, XL: gl.constexpr, KCP: gl.constexpr,
-                  BK: gl.constexpr):
-    offs = flat_offsets(XL, KCP, BK)
-    mask = offs < F
-    a = gl.load(in_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
-    b = gl.load(in_ptr + F + offs, mask=mask, other=0.0, cache_modifier=".cg")
-    _stage_vector(x_smem, a / (1.0 + gl.exp(-a)) * b, KCP, BK)
 
 
 @gluon.jit
@@ -313,28 +284,28 @@ def _consumer(ring, ready, empty, ids, x_smem, tok_ptr, pos_ptr, emb_ptr, h_ptr,
             rstd = 1.0
             if m == 0:
                 if layer == 0:
-                    rstd = _stage_norm(x_smem, emb_ptr + tok * D, norms_ptr, eps, D, XL,
+                    rstd = stage_input(x_smem, emb_ptr + tok * D, norms_ptr, eps, 0, D, XL,
                                        DC, BK)
                     # the residual stream starts as the token's embedding row
                     e = c * BK + gl.arange(0, BK, layout=ONE)
                     if c * BK < D:
                         gl.store(h_ptr + e, gl.load(emb_ptr + tok * D + e).to(gl.float32))
                 else:
-                    rstd = _stage_norm(x_smem, h_ptr, norms_ptr + layer * 2 * D, eps, D,
+                    rstd = stage_input(x_smem, h_ptr, norms_ptr + layer * 2 * D, eps, 0, D,
                                        XL, DC, BK)
             elif m == 2:
                 N = D
                 _stage_merge(x_smem, part_ptr, ml_ptr, nsplit, H, HD, G, SMAX, NW, CHUNK)
             elif m == 3:
                 N = 2 * F
-                rstd = _stage_norm(x_smem, h_ptr, norms_ptr + layer * 2 * D + D, eps, D,
+                rstd = stage_input(x_smem, h_ptr, norms_ptr + layer * 2 * D + D, eps, 0, D,
                                    XL, DC, BK)
             elif m == 4:
                 N = D
-                _stage_swiglu(x_smem, a13_ptr, F, XL, FC, BK)
+                stage_input(x_smem, a13_ptr, norms_ptr, eps, 2, F, XL, FC, BK)
             else:
                 N = V
-                rstd = _stage_norm(x_smem, h_ptr, norms_ptr + L * 2 * D, eps, D, XL, DC,
+                rstd = stage_input(x_smem, h_ptr, norms_ptr + L * 2 * D, eps, 0, D, XL, DC,
                                    BK)
             gl.thread_barrier()
             stamp(stamps + 1, TIMELINE)

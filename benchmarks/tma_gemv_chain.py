@@ -32,7 +32,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from polyllama.plugins.cuda_triton.attention import attention
 
 import persistent_chain
-from tma_ring_chain import _stage_input, init_mbarriers
+from tma_ring_chain import EPS, init_mbarriers, stage_input
 
 BK = 256
 
@@ -86,7 +86,7 @@ def _gemv_ring(desc, in_ptr, g_ptr, out_ptr, res_ptr, row_base, N, K: gl.constex
             _issue(desc, ring, ready, t0 + i, row_base, KC, BN, BK, i)
     if PDL:
         _pdl_start(c)
-    rstd = _stage_input(x_smem, in_ptr, g_ptr, MODE, K, XL, KCP, BK)
+    rstd = stage_input(x_smem, in_ptr, g_ptr, EPS, MODE, K, XL, KCP, BK)
     gl.thread_barrier()
     rows0 = gl.arange(0, BN, layout=gl.SliceLayout(1, TILE))
     g = 0

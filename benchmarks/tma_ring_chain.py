@@ -35,6 +35,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 import persistent_chain
 
 BK = 256   # tile width: a row's K chunk
+EPS: gl.constexpr = 1e-5   # the random weights' RMSNorm epsilon
 
 
 @gluon.jit
@@ -176,16 +177,17 @@ def flat_offsets(XL: gl.constexpr, KCP: gl.constexpr, BK: gl.constexpr):
 
 
 @gluon.jit
-def _stage_input(x_smem, in_ptr, g_ptr, MODE: gl.constexpr, K: gl.constexpr, XL: gl.constexpr,
-                 KCP: gl.constexpr, BK: gl.constexpr):
-    """The stage's input vector, loaded in one go, into shared memory as [K chunk, BK].
-    MODE 0: in * g (the returned rms factor scales the sums); 1: in; 2: silu(in[:K]) * in[K:]."""
+def stage_input(x_smem, in_ptr, g_ptr, eps, MODE: gl.constexpr, K: gl.constexpr,
+                XL: gl.constexpr, KCP: gl.constexpr, BK: gl.constexpr):
+    """The stage's input vector, loaded in one go, into shared memory as [K chunk, BK] bf16.
+    MODE 0: in * g (the returned rms factor, with eps, scales the sums); 1: in;
+    2: silu(in[:K]) * in[K:]."""
     offs = flat_offsets(XL, KCP, BK)
     mask = offs < K
-    v = gl.load(in_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
+    v = gl.load(in_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg").to(gl.float32)
     rstd = 1.0
     if MODE == 0:
-        rstd = gl.rsqrt(gl.sum(gl.sum(v * v, axis=1), axis=0) / K + 1e-5)
+        rstd = gl.rsqrt(gl.sum(gl.sum(v * v, axis=1), axis=0) / K + eps)
         v = v * gl.load(g_ptr + offs, mask=mask, other=0.0).to(gl.float32)
     elif MODE == 2:
         b = gl.load(in_ptr + K + offs, mask=mask, other=0.0, cache_modifier=".cg")
@@ -278,17 +280,17 @@ def _consumer(ring, ready, empty, ids, x_smem, h_ptr, g_ptr, qkv_ptr, a13_ptr, l
         rstd = 1.0
         if m == 0:
             out_ptr = qkv_ptr + layer * QKV
-            rstd = _stage_input(x_smem, h_ptr, g_ptr, 0, D, XL, DC, BK)
+            rstd = stage_input(x_smem, h_ptr, g_ptr, EPS, 0, D, XL, DC, BK)
         elif m == 1:
-            _stage_input(x_smem, qkv_ptr + layer * QKV, g_ptr, 1, D, XL, DC, BK)
+            stage_input(x_smem, qkv_ptr + layer * QKV, g_ptr, EPS, 1, D, XL, DC, BK)
         elif m == 2:
             out_ptr = a13_ptr + layer * 2 * F
-            rstd = _stage_input(x_smem, h_ptr, g_ptr, 0, D, XL, DC, BK)
+            rstd = stage_input(x_smem, h_ptr, g_ptr, EPS, 0, D, XL, DC, BK)
         elif m == 3:
-            _stage_input(x_smem, a13_ptr + layer * 2 * F, g_ptr, 2, F, XL, FC, BK)
+            stage_input(x_smem, a13_ptr + layer * 2 * F, g_ptr, EPS, 2, F, XL, FC, BK)
         else:
             out_ptr = logit_ptr
-            rstd = _stage_input(x_smem, h_ptr, g_ptr, 0, D, XL, DC, BK)
+            rstd = stage_input(x_smem, h_ptr, g_ptr, EPS, 0, D, XL, DC, BK)
         gl.thread_barrier()
         stamp(stamps + 1, TIMELINE)
         rb = next_row_block(ready, ids, g, NS, ONE)
