@@ -35,7 +35,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 import persistent_chain
 
 BK = 256   # tile width: a row's K chunk
-EPS: gl.constexpr = 1e-5   # the random weights' RMSNorm epsilon
+EPS = gl.constexpr(1e-5)   # the random weights' RMSNorm epsilon
 
 
 @gluon.jit
