@@ -20,7 +20,8 @@ import triton
 import triton.language as tl
 
 from polyllama import get_device
-from polyllama.plugins.cuda_triton.linear import _gemv_config, _gemv_kernel
+from polyllama.ops import DENSE, Weight
+from polyllama.plugins.cuda_triton import linear
 
 from timing import median_us
 
@@ -139,13 +140,18 @@ class TinyLlamaGemvs:
         self.floor_us = self.nbytes / self.bandwidth * 1e6
 
     def _gemv(self, out, inp, W, norm, add, swiglu=False):
-        N, K = (W.shape[0] // 2 if swiglu else W.shape[0]), W.shape[1]
-        bn, bk, warps = _gemv_config(W.shape[0], K)
-        bn = max(1, bn // 2) if swiglu else bn
-        _gemv_kernel[(triton.cdiv(N, bn),)](
-            out, inp, W, self.g, out, N, K, W.stride(0), 1e-5, NORM=norm, ADD=add,
-            SWIGLU=swiglu, BLOCK_N=bn, BLOCK_K=bk, ONE_TILE=K <= bk, PDL=True,
-            num_warps=warps, launch_pdl=True)
+        """out = W inp for one token through cuda:triton's own GEMV ops (rmsnorm_linear,
+        linear_add, rmsnorm_swiglu), on the leading K of inp and N of out."""
+        K, N = W.shape[1], W.shape[0] // 2 if swiglu else W.shape[0]
+        x, y, w = inp[:K].view(1, K), out[:N].view(1, N), Weight(DENSE, tuple(W.shape), {"w": W})
+        if swiglu:
+            linear.rmsnorm_swiglu(y, x, self.g, 1e-5, w)
+        elif norm:
+            linear.rmsnorm_linear(y, x, self.g, 1e-5, w)
+        elif add:
+            linear.linear_add(y, x, w, y)
+        else:
+            linear.linear(y, x, w)
 
     def chain(self, before_o=None):
         """One GEMV kernel per matrix, each launched with PDL; before_o() (if given) runs
