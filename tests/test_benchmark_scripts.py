@@ -1,0 +1,20 @@
+"""The benchmark scripts import: they share helpers across files (benchmarks/tma_ring_chain.py
+serves three others), and they run only on a GPU, so a renamed helper would otherwise break
+one unseen until its next GPU run."""
+import importlib
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("triton.experimental.gluon")
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in BENCHMARKS.glob("*.py")))
+def test_benchmark_script_imports(monkeypatch, script):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module(script)
+    assert callable(getattr(module, "main", None)) or script == "timing", \
+        f"benchmarks/{script}.py has no main()"
