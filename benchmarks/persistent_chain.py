@@ -129,8 +129,8 @@ class TinyLlamaGemvs:
         self.w13 = torch.randn(L, 2 * F, D, device=dev, dtype=bf) * 0.02
         self.w2 = torch.randn(L, D, F, device=dev, dtype=bf) * 0.02
         self.wout = torch.randn(V, D, device=dev, dtype=bf) * 0.02
-        self.nbytes = 2 * sum(t.numel() for t in (self.wqkv, self.wo, self.w13, self.w2,
-                                                   self.wout))
+        weights = (self.wqkv, self.wo, self.w13, self.w2, self.wout)
+        self.nbytes = 2 * sum(t.numel() for t in weights)
         self.x = torch.randn(D, device=dev, dtype=bf)
         self.g = torch.ones(D, device=dev, dtype=bf)
         self.qkv = torch.empty(QKV, device=dev, dtype=bf)
