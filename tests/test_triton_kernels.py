@@ -167,11 +167,11 @@ def test_rope_on_qkv_views(dev, rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_argmax_first_of_ties(dev, rng, dtype):
-    T, V = (3, 1001) if SMALL else (4, 32003)
+@pytest.mark.parametrize("T, V", [(3, 1001)] if SMALL else [(4, 32003), (2, 128256)])
+def test_argmax_first_of_ties(dev, rng, dtype, T, V):
     logits = up(dev, np.round(rng.standard_normal((T, V)) * 4) / 4, dtype)   # many ties
     out = dev.empty((T,), "int32").native.fill_(-1)
-    kernels.argmax(out, logits)
+    sampling.argmax(out, logits)
     assert np.array_equal(out.cpu().numpy(), reference.argmax(host(logits)))
 
 
@@ -321,6 +321,26 @@ def test_sample_matches_reference(dev, rng, dtype, params):
         want = reference.sample(x, float(p32[0]), int(p32[1]), float(p32[2]), float(p32[3]),
                                 float(u))
         assert int(out.cpu()[0]) == want, f"u={u}"
+
+
+@pytest.mark.parametrize("params", [(0.8, 40, 0.95, 0.05), (1.0, 0, 0.9, 0.0),
+                                    (0.7, 0, 1.0, 0.0)])
+def test_sample_masked_logits_and_large_vocabularies(dev, rng, params):
+    """-inf logits filling whole chunks of the vocabulary and, on a GPU, a Llama-3-sized
+    vocabulary."""
+    p32 = np.array(params, dtype=np.float32)
+    pbuf = dev.upload(p32, "float32").native
+    out = dev.empty((1,), "int32").native
+    for V in [203] if SMALL else [32000, 128256]:
+        host_logits = rng.standard_normal(V) * 3
+        host_logits[:V // 2] = -np.inf
+        logits = up(dev, host_logits[None], "float32")
+        for u in np.array([0.0, 0.6, 0.99], dtype=np.float32):
+            out.fill_(-1)
+            sampling.sample(out, logits, pbuf, dev.upload(np.array([u]), "float32").native)
+            want = reference.sample(host_logits, float(p32[0]), int(p32[1]), float(p32[2]),
+                                    float(p32[3]), float(u))
+            assert int(out.cpu()[0]) == want, f"V={V} u={u}"
 
 
 # ---------------------------------------------------------------- the whole model

@@ -6,7 +6,7 @@ from polyllama import hookimpl
 PKG = "polyllama.plugins.cuda_triton"
 KERNELS = {
     "embedding": "kernels", "rmsnorm": "kernels", "rope": "kernels", "silu_mul": "kernels",
-    "add": "kernels", "argmax": "kernels", "attention": "attention", "linear": "linear",
+    "add": "kernels", "argmax": "sampling", "attention": "attention", "linear": "linear",
     "rmsnorm_linear": "linear", "linear_add": "linear", "rmsnorm_swiglu": "linear",
     "sample": "sampling",
 }

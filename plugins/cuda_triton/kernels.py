@@ -129,27 +129,3 @@ def add(out, a, b):
     T, N = out.shape
     launch(_add_kernel, (T, triton.cdiv(N, ROW_BLOCK)), out, a, b, N, out.stride(0),
            a.stride(0), b.stride(0), BLOCK=ROW_BLOCK, device=out.device)
-
-
-@triton.jit
-def _argmax_kernel(out_ptr, x_ptr, V, s_x, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """Each lane keeps its first maximum; the smallest index holding the global max wins."""
-    pdl_start(PDL)
-    t = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
-    best = tl.full([BLOCK], float("-inf"), tl.float32)
-    idx = tl.zeros([BLOCK], tl.int32)
-    for v0 in range(0, V, BLOCK):
-        x = tl.load(x_ptr + t * s_x + v0 + offs, mask=v0 + offs < V,
-                    other=float("-inf")).to(tl.float32)
-        better = x > best
-        best = tl.where(better, x, best)
-        idx = tl.where(better, v0 + offs, idx)
-    top = tl.max(best, axis=0)
-    tl.store(out_ptr + t, tl.min(tl.where(best == top, idx, V), axis=0))
-
-
-def argmax(out, logits):
-    T, V = logits.shape
-    launch(_argmax_kernel, (T,), out, logits, V, logits.stride(0),
-           BLOCK=min(4096, triton.next_power_of_2(V)), num_warps=8, device=out.device)
