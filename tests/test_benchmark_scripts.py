@@ -18,3 +18,15 @@ def test_benchmark_script_imports(monkeypatch, script):
     module = importlib.import_module(script)
     assert callable(getattr(module, "main", None)) or script == "timing", \
         f"benchmarks/{script}.py has no main()"
+
+
+def test_decode_timeline_roles(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    roles = importlib.import_module("decode_timeline").roles
+    layer = ["_gemv_kernel", "_rope_kernel", "_decode_kernel", "_gemv_kernel", "_gemv_kernel",
+             "_gemv_kernel"]
+    names = ["_embedding_kernel"] + layer * 2 + ["_gemv_kernel", "_argmax_kernel"]
+    assert roles(names, 2) == (["embedding"] + ["qkv", "rope", "decode", "o", "w13", "w2"] * 2
+                               + ["classifier", "sampling"])
+    with pytest.raises(SystemExit, match="unexpected kernel sequence"):
+        roles(names[:-1], 2)
