@@ -11,31 +11,18 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
-from polyllama.bench import SHAPES, random_checkpoint
-from polyllama.model import Model
-
-from timing import cuda_triton_and_bandwidth, median_us
+from timing import cuda_triton_and_bandwidth, floor_us, median_us, model_after_prompt, replayed
 
 
 def step_us(device, step, replays: int) -> float:
-    runner = device.decode_runner(step)
-    runner()                                  # eager run, then capture
-    runner()
-    torch.cuda.synchronize()
-    return median_us(runner, replays)
+    return median_us(replayed(device, step), replays)
 
 
 def ablate(dev, shape: str, bandwidth: float) -> None:
-    c = SHAPES[shape]
-    model = Model.build(random_checkpoint(c), dev, ctx=1024)
-    model.prefill(np.random.default_rng(1).integers(0, c.vocab_size, 512), 0)
-    model._set_pos(512)
-    model.set_token(3)
-    unread = (c.vocab_size - 1) * c.dim * 2 if not c.tie_embeddings else 0
-    floor_us = (model.weight_bytes - unread) / bandwidth * 1e6
+    model = model_after_prompt(dev, shape)
+    floor = floor_us(model, bandwidth)
     kernels = vars(model.k).copy()
 
     def step():
@@ -45,15 +32,15 @@ def ablate(dev, shape: str, bandwidth: float) -> None:
     def skip(*args):
         pass
 
-    replays = max(10, int(50_000 / floor_us))
+    replays = max(10, int(50_000 / floor))
     for name, removed in (("whole step", ()), ("no rope", ("rope",)),
                           ("no attention", ("attention",)),
                           ("GEMVs only", ("rope", "attention"))):
         vars(model.k).update(kernels)
         vars(model.k).update({op: skip for op in removed})
         us = step_us(dev, step, replays)
-        print(f"{shape:15s} {name:13s} {us:8.1f} us/step  {100 * floor_us / us:5.1f}% "
-              f"of the floor ({floor_us:.1f} us)", flush=True)
+        print(f"{shape:15s} {name:13s} {us:8.1f} us/step  {100 * floor / us:5.1f}% "
+              f"of the floor ({floor:.1f} us)", flush=True)
 
 
 def main(argv=None) -> None:

@@ -35,13 +35,12 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from polyllama.bench import SHAPES, random_checkpoint
-from polyllama.model import Model
+from polyllama.bench import SHAPES
 
 from decode_ablation import step_us
 from tma_ring_chain import (end_stage, load_tile, next_row_block, ring_buffers, row_block_sums,
                             stage_input, stamp, take_slot, wait_stage, weight_stage)
-from timing import cuda_triton_and_bandwidth
+from timing import cuda_triton_and_bandwidth, floor_us, model_after_prompt
 
 BK = 256            # tile width: a K chunk of 256 weights
 BN = 16             # rows per tile and per row block
@@ -485,14 +484,12 @@ def print_timeline(stamps: torch.Tensor, L: int) -> None:
 
 def compare(dev, shape: str, bandwidth: float, timeline: bool) -> None:
     c = SHAPES[shape]
-    model = Model.build(random_checkpoint(c), dev, ctx=1024)
+    model = model_after_prompt(dev, shape)
     why = unsupported(model)
     if why:
         print(f"{shape}: the kernel does not run this model ({why})")
         return
-    model.prefill(np.random.default_rng(1).integers(0, c.vocab_size, 512), 0)
-    unread = (c.vocab_size - 1) * c.dim * 2 if not c.tie_embeddings else 0
-    floor_us = (model.weight_bytes - unread) / bandwidth * 1e6
+    floor = floor_us(model, bandwidth)
     ids, pos, logits = model.decode_ws.ids.native, model.pos.native, model.logits.native
     one = OneKernelPass(model)
 
@@ -505,8 +502,6 @@ def compare(dev, shape: str, bandwidth: float, timeline: bool) -> None:
         model._pick("argmax")
 
     # one step at position 512, both ways (each writes the same cache row)
-    model._set_pos(512)
-    model.set_token(3)
     model._step(model._decode)
     want = model.read_logits()
     model.set_token(3)
@@ -518,12 +513,12 @@ def compare(dev, shape: str, bandwidth: float, timeline: bool) -> None:
     if not err < 0.03:
         raise SystemExit("the one-kernel pass disagrees with the composed step")
 
-    replays = max(10, int(50_000 / floor_us))
+    replays = max(10, int(50_000 / floor))
     for name, step in (("composed step", composed), ("one kernel", one_kernel)):
         model.set_token(3)
         us = step_us(dev, step, replays)
-        print(f"{shape:15s} {name:13s} {us:8.1f} us/step  {100 * floor_us / us:5.1f}% "
-              f"of the floor ({floor_us:.1f} us)", flush=True)
+        print(f"{shape:15s} {name:13s} {us:8.1f} us/step  {100 * floor / us:5.1f}% "
+              f"of the floor ({floor:.1f} us)", flush=True)
     if timeline:
         stamps = torch.zeros(one.sms, 5 * c.n_layers + 1, 3, dtype=torch.int64,
                              device=logits.device)

@@ -18,14 +18,10 @@ import json
 import os
 import tempfile
 
-import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from polyllama.bench import SHAPES, random_checkpoint
-from polyllama.model import Model
-
-from timing import cuda_triton_and_bandwidth, median_us
+from timing import cuda_triton_and_bandwidth, median_us, model_after_prompt, replayed
 
 REPLAYS = 4          # profiled replays; the second-to-last one is read
 
@@ -59,25 +55,19 @@ def roles(names: list[str], n_layers: int) -> list[str]:
 
 
 def timeline(dev, shape: str, bandwidth: float, quant: str | None) -> None:
-    c = SHAPES[shape]
-    model = Model.build(random_checkpoint(c), dev, ctx=1024, quant=quant)
-    model.prefill(np.random.default_rng(1).integers(0, c.vocab_size, 512), 0)
-    model._set_pos(512)
-    model.set_token(3)
+    model = model_after_prompt(dev, shape, quant)
 
     def step():
         model._step(model._decode)
         model._pick("argmax")
 
-    run = dev.decode_runner(step)
-    run()                                     # eager run, then capture
-    run()
-    torch.cuda.synchronize()
+    run = replayed(dev, step)
     step_us = median_us(run, 50)
     spans = kernel_spans(run)
     charged = collections.defaultdict(lambda: [0, 0.0])
     latest = spans[0][1]
-    for role, (_, _, end) in zip(roles([s[0] for s in spans], c.n_layers), spans):
+    for role, (_, _, end) in zip(roles([s[0] for s in spans], model.config.n_layers),
+                                 spans):
         charged[role][0] += 1
         charged[role][1] += end - latest
         latest = max(latest, end)

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
-from polyllama.bench import SHAPES, random_checkpoint
-from polyllama.model import Model
-
-from timing import cuda_triton_and_bandwidth, median_us
+from timing import cuda_triton_and_bandwidth, median_us, model_after_prompt, replayed
 
 SETTINGS = [("greedy", None),
             ("defaults (0.8, top-k 40, top-p 0.95, min-p 0.05)", (0.8, 40, 0.95, 0.05)),
@@ -26,11 +22,7 @@ SETTINGS = [("greedy", None),
 
 
 def measure(dev, shape: str) -> None:
-    c = SHAPES[shape]
-    model = Model.build(random_checkpoint(c), dev, ctx=1024)
-    model.prefill(np.random.default_rng(1).integers(0, c.vocab_size, 512), 0)
-    model._set_pos(512)
-    model.set_token(3)
+    model = model_after_prompt(dev, shape)
     for name, params in SETTINGS:
         pick = "argmax" if params is None else "sample"
         if params is not None:
@@ -41,10 +33,7 @@ def measure(dev, shape: str) -> None:
             model._step(model._decode)
             model._pick(pick)
 
-        run = dev.decode_runner(step)
-        run()                                     # eager run, then capture
-        run()
-        torch.cuda.synchronize()
+        run = replayed(dev, step)
         print(f"{shape:15s} {name:50s} {median_us(run, 20):9.1f} us/step", flush=True)
 
 

@@ -1,11 +1,17 @@
-"""CUDA-event timing shared by the benchmark scripts."""
+"""What the benchmark scripts share: CUDA-event timing, and a model set up for one decode
+step replayed as a CUDA graph."""
 from __future__ import annotations
 
 import statistics
 
+import numpy as np
 import torch
 
 from polyllama import get_device
+from polyllama.bench import SHAPES, random_checkpoint
+from polyllama.model import Model
+
+PROMPT = 512             # tokens in the KV cache before the timed decode step
 
 
 def cuda_triton_and_bandwidth():
@@ -30,3 +36,32 @@ def median_us(run, replays: int = 20, batches: int = 7) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3 / replays)
     return statistics.median(times)
+
+
+def model_after_prompt(dev, shape: str, quant: str | None = None) -> Model:
+    """A model of the named shape on random weights, PROMPT tokens in its KV cache, set for
+    the decode step at position PROMPT."""
+    c = SHAPES[shape]
+    model = Model.build(random_checkpoint(c), dev, ctx=1024, quant=quant)
+    model.prefill(np.random.default_rng(1).integers(0, c.vocab_size, PROMPT), 0)
+    model._set_pos(PROMPT)
+    model.set_token(3)
+    return model
+
+
+def replayed(dev, step):
+    """step as a captured CUDA graph: a first eager run compiles the kernels and allocates
+    their workspaces, a second call records, later calls replay."""
+    run = dev.decode_runner(step)
+    run()
+    run()
+    torch.cuda.synchronize()
+    return run
+
+
+def floor_us(model, bandwidth: float) -> float:
+    """The step's bandwidth floor: the weight bytes it reads (an untied embedding table but
+    the one row) over the copy bandwidth."""
+    c = model.config
+    unread = (c.vocab_size - 1) * c.dim * 2 if not c.tie_embeddings else 0
+    return (model.weight_bytes - unread) / bandwidth * 1e6

@@ -225,19 +225,19 @@ def _merge_sample(x_ptr, params_ptr, u_ptr, cand_ptr, part_ptr, V, P, IDB: tl.co
                      mask=(pc < P)[:, None], other=-1, cache_modifier=".cg")
     floor = tl.max(tl.min(handed, axis=1), axis=0)   # every key from here up was handed
     handed = tl.reshape(handed, [P2 * CAND])
-    known = (handed >= floor) & (handed >= 0)
-    if tl.sum(known.to(tl.int32), axis=0) > SORTED:  # keep the SORTED largest of them
-        top = _bisect(handed, floor - 1, tl.max(handed, axis=0), SORTED, 33 + IDB)
-        known = handed > top
-    sorted_ptr = cand_ptr + P * CAND              # a scratch row after the chunks' keys
-    tl.store(sorted_ptr + tl.arange(0, SORTED), tl.full([SORTED], -1, tl.int64))
-    tl.debug_barrier()
-    tl.store(sorted_ptr + tl.cumsum(known.to(tl.int32), axis=0) - 1, handed, mask=known)
-    tl.debug_barrier()
-    keys = tl.sort(tl.load(sorted_ptr + tl.arange(0, SORTED), cache_modifier=".cg"),
-                   descending=True)
-    tok = _token(tl.max(keys, axis=0), IDB)
+    tok = _token(tl.max(handed, axis=0), IDB)
     if temp > 0:
+        known = (handed >= floor) & (handed >= 0)
+        if tl.sum(known.to(tl.int32), axis=0) > SORTED:  # keep the SORTED largest of them
+            top = _bisect(handed, floor - 1, tl.max(handed, axis=0), SORTED, 33 + IDB)
+            known = handed > top
+        sorted_ptr = cand_ptr + P * CAND          # a scratch row after the chunks' keys
+        tl.store(sorted_ptr + tl.arange(0, SORTED), tl.full([SORTED], -1, tl.int64))
+        tl.debug_barrier()
+        tl.store(sorted_ptr + tl.cumsum(known.to(tl.int32), axis=0) - 1, handed, mask=known)
+        tl.debug_barrier()
+        keys = tl.sort(tl.load(sorted_ptr + tl.arange(0, SORTED), cache_modifier=".cg"),
+                       descending=True)
         coef = LOG2E / temp
         ms = tl.load(part_ptr + 2 * pc, mask=pc < P, other=float("-inf"), cache_modifier=".cg")
         ss = tl.load(part_ptr + 2 * pc + 1, mask=pc < P, other=0.0, cache_modifier=".cg")
