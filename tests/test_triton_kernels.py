@@ -175,6 +175,15 @@ def test_argmax_first_of_ties(dev, rng, dtype, T, V):
     assert np.array_equal(out.cpu().numpy(), reference.argmax(host(logits)))
 
 
+def test_argmax_negative_zero_ties_zero(dev):
+    """-0.0 and 0.0 are equal logits, so the first of them wins, as in numpy."""
+    host_logits = np.full((1, 300), -1.0)
+    host_logits[0, 7], host_logits[0, 200] = -0.0, 0.0
+    out = dev.empty((1,), "int32").native.fill_(-1)
+    sampling.argmax(out, up(dev, host_logits, "float32"))
+    assert int(out.cpu()[0]) == reference.argmax(host_logits)[0] == 7
+
+
 # ---------------------------------------------------------------- linear family
 
 
@@ -298,7 +307,7 @@ def test_attention(dev, rng, dtype, H, KV, hd, T, p):
 
 SAMPLE_PARAMS = [(0.0, 0, 1.0, 0.0), (0.8, 0, 1.0, 0.0), (1.0, 7, 1.0, 0.0),
                  (1.3, 0, 0.8, 0.0), (0.9, 20, 0.9, 0.05), (1.0, 0, 1.0, 0.3),
-                 (0.7, 1, 1.0, 0.0)]
+                 (0.7, 1, 1.0, 0.0), (1.0, 100, 1.0, 0.0), (0.9, 300, 0.9, 0.0)]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -60,8 +60,9 @@ def _workspace(device, op, rows, n_keys, n_floats):
 
 @triton.jit
 def _order(x):
-    """An int32 monotone in the float32 x."""
+    """An int32 monotone in the float32 x, equal for -0.0 and 0.0 (they tie, as in numpy)."""
     bits = x.to(tl.int32, bitcast=True)
+    bits = tl.where(bits == -2147483648, 0, bits)
     return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
 
 
@@ -252,8 +253,8 @@ def _merge_sample(x_ptr, params_ptr, u_ptr, cand_ptr, part_ptr, V, P, IDB: tl.co
         e = tl.where(exact, tl.exp2((x - lmax) * coef), 0.0).to(tl.float64)
         cum = tl.cumsum(e, axis=0)
         beyond = V + 1                            # a cut somewhere past the exact prefix
-        cut = tl.where((top_k > 0) & (top_k < V), top_k, V)
-        untruncated = (cut == V) & (top_p >= 1.0) & (min_p <= 0.0)
+        cut_k = tl.where((top_k > 0) & (top_k < V), top_k, V)
+        cut = cut_k
         mass_exact = (cut == V) | (cut <= n)
         mass = tl.where(cut == V, total, tl.sum(tl.where(rank < cut, e, 0.0), axis=0))
         if top_p < 1.0:
@@ -264,8 +265,24 @@ def _merge_sample(x_ptr, params_ptr, u_ptr, cand_ptr, part_ptr, V, P, IDB: tl.co
         if (cut <= n) & (mass_exact | (top_p >= 1.0)):     # every kept token is exact
             kept = tl.sum(tl.where(rank < cut, e, 0.0), axis=0)
             i = _first(exact & (rank < cut) & (cum > u * kept), rank, cut - 1)
-        else:                             # only an untruncated draw can still land early
-            i = _first(exact & (cum > u * total) & untruncated, rank, beyond)
+        else:
+            # The kept tokens reach past the exact prefix. Their mass lies between bounds
+            # (a token past it weighs at most the last exact one); if the draw picks the
+            # same exact token at both, that is the token.
+            last = tl.max(cum, axis=0)
+            e_floor = tl.min(tl.where(exact, e, float("inf")), axis=0)
+            lo = last
+            if (cut_k == V) & (min_p <= 0.0):     # only top-p cuts, if anything
+                lo = tl.maximum(last, tl.where(top_p < 1.0, top_p * mass, total))
+            hi = total
+            if cut_k < V:
+                hi = tl.minimum(hi, last + (cut_k - n).to(tl.float64) * e_floor)
+            if top_p < 1.0:
+                hi = tl.minimum(hi, top_p * mass + e_floor)
+            i = _first(exact & (cum > u * lo), rank, beyond)
+            bounded = (cut > n) & (mass_exact | (top_p >= 1.0))
+            if (~bounded) | (i != _first(exact & (cum > u * hi), rank, beyond)):
+                i = beyond
         if i < beyond:
             tok = tl.sum(tl.where(rank == i, ids, 0), axis=0)
         else:
