@@ -23,7 +23,7 @@ from polyllama import get_device
 from polyllama.ops import DENSE, Weight
 from polyllama.plugins.cuda_triton import linear
 
-from timing import median_us
+from timing import graph_us
 
 
 @triton.jit
@@ -103,16 +103,6 @@ def check_close(got: torch.Tensor, ref: torch.Tensor, tol: float, what: str) -> 
     err = ((got.double() - ref).abs().max() / ref.abs().max()).item()
     if err > tol:
         raise SystemExit(f"{what}: wrong result (max relative error {err:.2e})")
-
-
-def graph_us(fn, replays=20, batches=7) -> float:
-    """Microseconds per call of fn, captured once as a CUDA graph and replayed."""
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return median_us(g.replay, replays, batches)
 
 
 class TinyLlamaGemvs:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import statistics
 
-import numpy as np
 import torch
 
 from polyllama import get_device
-from polyllama.bench import SHAPES, random_checkpoint
+from polyllama.bench import SHAPES, decode_bytes, random_checkpoint, random_prompt
 from polyllama.model import Model
 
 PROMPT = 512             # tokens in the KV cache before the timed decode step
@@ -38,12 +37,22 @@ def median_us(run, replays: int = 20, batches: int = 7) -> float:
     return statistics.median(times)
 
 
+def graph_us(fn, replays=20, batches=7) -> float:
+    """Microseconds per call of fn, captured once as a CUDA graph and replayed."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return median_us(g.replay, replays, batches)
+
+
 def model_after_prompt(dev, shape: str, quant: str | None = None) -> Model:
     """A model of the named shape on random weights, PROMPT tokens in its KV cache, set for
     the decode step at position PROMPT."""
     c = SHAPES[shape]
     model = Model.build(random_checkpoint(c), dev, ctx=1024, quant=quant)
-    model.prefill(np.random.default_rng(1).integers(0, c.vocab_size, PROMPT), 0)
+    model.prefill(random_prompt(c, PROMPT), 0)
     model._set_pos(PROMPT)
     model.set_token(3)
     return model
@@ -60,8 +69,5 @@ def replayed(dev, step):
 
 
 def floor_us(model, bandwidth: float) -> float:
-    """The step's bandwidth floor: the weight bytes it reads (an untied embedding table but
-    the one row) over the copy bandwidth."""
-    c = model.config
-    unread = (c.vocab_size - 1) * c.dim * 2 if not c.tie_embeddings else 0
-    return (model.weight_bytes - unread) / bandwidth * 1e6
+    """The step's bandwidth floor: the weight bytes it reads over the copy bandwidth."""
+    return decode_bytes(model) / bandwidth * 1e6

@@ -33,6 +33,7 @@ from polyllama.plugins.cuda_triton.attention import attention
 
 import persistent_chain
 from tma_ring_chain import EPS, init_mbarriers, stage_input
+from timing import graph_us
 
 BK = 256
 
@@ -137,7 +138,7 @@ def main(argv=None) -> None:
     L, D, F, V, QKV = w.shape
     print(f"{torch.cuda.get_device_name()}: copy {w.bandwidth / 1e12:.3f} TB/s, weights "
           f"{w.nbytes / 1e9:.3f} GB, floor {w.floor_us:.1f} us")
-    us = persistent_chain.graph_us(lambda: w.chain(before_o))
+    us = graph_us(lambda: w.chain(before_o))
     print(f"chain of {4 * L + 1} cuda:triton GEMV kernels, PDL              {us:8.1f} us  "
           f"{100 * w.floor_us / us:5.1f}% of the floor")
     dev = w.x.device
@@ -175,7 +176,7 @@ def main(argv=None) -> None:
             step()
             persistent_chain.check_close(logits, ref, persistent_chain.ROUNDED_INPUT_TOL,
                                          f"ring {ns} x [{bn}, {BK}]")
-            us = persistent_chain.graph_us(step)
+            us = graph_us(step)
             launch = "PDL   " if pdl else "no PDL"
             print(f"ring of {ns:2d} x [{bn:2d}, {BK}], {warps} warps, {launch}"
                   f"                {us:8.1f} us  {100 * w.floor_us / us:5.1f}% of the floor")

@@ -24,12 +24,12 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from polyllama import get_device
 from polyllama.plugins.cuda_triton import linear
 
-from persistent_chain import check_close, graph_us
+from persistent_chain import check_close
 from tma_gemv_chain import _pdl_start
 from tma_ring_chain import init_mbarriers
+from timing import cuda_triton_and_bandwidth, graph_us
 
 GROUP, BKQ, REPS = 64, 256, 6
 SHAPES = dict(qkv=(12288, 4096), o=(4096, 4096), w13=(22016, 4096), w2=(4096, 11008),
@@ -106,8 +106,7 @@ def _q8_ring_gemv(qdesc, sdesc, x_ptr, out_ptr, N, K: gl.constexpr, GROUP: gl.co
 def main() -> None:
     dev = torch.device("cuda")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
-    bandwidth = get_device("cuda:triton").measure_bandwidth()
-    print(f"{torch.cuda.get_device_name()}: copy {bandwidth / 1e12:.3f} TB/s")
+    _, bandwidth = cuda_triton_and_bandwidth()
     torch.manual_seed(0)
     for name, (N, K) in SHAPES.items():
         x = torch.randn(1, K, device=dev, dtype=torch.bfloat16)

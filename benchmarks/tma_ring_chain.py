@@ -33,6 +33,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 import persistent_chain
+from timing import graph_us
 
 BK = 256   # tile width: a row's K chunk
 EPS = gl.constexpr(1e-5)   # the random weights' RMSNorm epsilon
@@ -377,7 +378,7 @@ def main(argv=None) -> None:
     L, D, F, V, QKV = w.shape
     print(f"{torch.cuda.get_device_name()}: copy {w.bandwidth / 1e12:.3f} TB/s, weights "
           f"{w.nbytes / 1e9:.3f} GB, floor {w.floor_us:.1f} us")
-    us = persistent_chain.graph_us(w.chain)
+    us = graph_us(w.chain)
     print(f"chain of {4 * L + 1} GEMV kernels (PDL)                  {us:8.1f} us  "
           f"{100 * w.floor_us / us:5.1f}% of the floor")
 
@@ -415,7 +416,7 @@ def main(argv=None) -> None:
             if barriers and weights:
                 persistent_chain.check_close(logits, ref, persistent_chain.ROUNDED_INPUT_TOL,
                                              label)
-            us = persistent_chain.graph_us(step)
+            us = graph_us(step)
             print(f"ring {ns:2d} x [{bn}, {BK}], {inflight:2d} in flight, {warps} warps, "
                   f"{label:34s} {us:8.1f} us  {100 * w.floor_us / us:5.1f}% of the floor")
             if args.timeline and barriers and weights:

@@ -64,6 +64,14 @@ def random_prompt(config: LlamaConfig, prompt_len: int, seed: int = 0) -> np.nda
     return np.random.default_rng(seed + 1).integers(0, config.vocab_size, prompt_len)
 
 
+def decode_bytes(model) -> int:
+    """Weight bytes one decode step reads: every weight but the rows of an untied embedding
+    table other than the token's own."""
+    c = model.config
+    unread = 0 if c.tie_embeddings else (c.vocab_size - 1) * c.dim * DTYPE_SIZES[model.dtype]
+    return model.weight_bytes - unread
+
+
 @dataclass
 class BenchResult:
     shape: str
@@ -139,19 +147,17 @@ def run_bench(shape: str | LlamaConfig, device: str = "auto", dtype: str | None 
     measure = getattr(dev, "measure_bandwidth", None)
     bandwidth = measure() if measure is not None else None
 
-    item = DTYPE_SIZES[model.dtype]
-    unread = 0 if config.tie_embeddings else (config.vocab_size - 1) * config.dim * item
-    decode_bytes = model.weight_bytes - unread
+    step_bytes = decode_bytes(model)
     runs = [gen / s for s in decode_s]
     tok_s = statistics.median(runs)
     pre_s = statistics.median(prefill_s)
     r = BenchResult(name, str(dev.spec), dev.name(), model.dtype, prompt_len, gen,
                     prompt_len / pre_s, _flops_per_prefill(config, prompt_len) / pre_s / 1e12,
-                    tok_s, runs, decode_bytes, decode_bytes * tok_s / 1e9,
+                    tok_s, runs, step_bytes, step_bytes * tok_s / 1e9,
                     peak_memory=dev.memory().get("peak"), tokens=tokens)
     if bandwidth:
         r.bandwidth_gb_s = bandwidth / 1e9
-        r.floor_tok_s = bandwidth / decode_bytes
+        r.floor_tok_s = bandwidth / step_bytes
         r.pct_of_floor = 100 * tok_s / r.floor_tok_s
     return r
 
