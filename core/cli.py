@@ -20,7 +20,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    "model's, at most 4096)")
     p.add_argument("--quant", help="quantize weights at load with a scheme, e.g. int8")
     p.add_argument("--no-graph", action="store_true",
-                   help="run decode eagerly instead of replaying a captured graph (debugging)")
+                   help="run every step eagerly instead of replaying captured graphs "
+                   "(debugging)")
     p.add_argument("-n", "--n-predict", type=int, default=256,
                    help="tokens to generate; -1 = until EOS or the context is full")
     p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy")

@@ -164,6 +164,12 @@ class Device(ABC):
         The default runs it as is."""
         return step
 
+    def replays(self) -> bool:
+        """Whether decode_runner records a step once and replays it. The executor then also
+        replays prefills, padded to a few fixed lengths: a replay costs the host one launch
+        instead of one per kernel."""
+        return False
+
     # -- conveniences written once in terms of the allocator
     def empty(self, shape, dtype: str | None = None):
         from .tensor import Tensor

@@ -2,7 +2,9 @@
 
 build() resolves every kernel and uploads the weights; forward only fills preallocated
 buffers. The token id and the position live in device buffers, so a backend may capture the
-whole decode step (Device.decode_runner) and replay it.
+whole decode step (Device.decode_runner) and replay it. On such a backend a prefill pads its
+tokens to the next of PREFILL_ROWS (or PREFILL_CHUNK) and replays a recording of that length
+too; only the classifier, on the last real token, runs eagerly.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from .registry import get_registry
 from .tensor import Tensor
 
 PREFILL_CHUNK = 512          # prompt tokens per prefill pass (bounds prefill scratch memory)
+PREFILL_ROWS = (16, 32, 64, 128, 256, 384)  # lengths replayed prefills pad to, or PREFILL_CHUNK
 
 
 @dataclass
@@ -123,6 +126,7 @@ class Model:
         self._decode = self.decode_ws.views(1)
         self._prefill_ws = None
         self._runners = {}
+        self._prefill_runners = {}
         return self
 
     def _resolve_kernels(self, quant):
@@ -164,6 +168,11 @@ class Model:
     # ------------------------------------------------------------------ forward
     def _step(self, a: SimpleNamespace) -> None:
         """One forward pass over a.T tokens at position pos; logits of the last token."""
+        self._layers(a)
+        self._classify(a)
+
+    def _layers(self, a: SimpleNamespace) -> None:
+        """The residual stream a.x of a.T tokens after every layer (keys and values cached)."""
         k, pos = self.k, self.pos.native
         k.embedding(a.x, self.tok_embeddings, a.ids)
         for L in self.layers:
@@ -177,6 +186,8 @@ class Model:
                 self._norm_linear(a.gu, a.x, L.ffn_norm, L.w13, a.h)
                 k.silu_mul(a.act, a.gate, a.up)
             self._linear_add(a.x, a.act, L.w2, a.tmp)
+
+    def _classify(self, a: SimpleNamespace) -> None:
         self._norm_linear(self.logits.native, a.last, self.norm, self.output,
                           self._decode.h)
 
@@ -205,17 +216,37 @@ class Model:
         for start in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[start:start + PREFILL_CHUNK]
             if len(chunk) == 1:
-                ws = self.decode_ws
-                a = self._decode
-            else:
-                if self._prefill_ws is None:
-                    self._prefill_ws = Workspace(self.device, self.config, PREFILL_CHUNK,
-                                                 self.dtype)
-                ws = self._prefill_ws
-                a = ws.views(len(chunk))
-            self.device.allocator.copyin(ws.ids.narrow(0, 0, len(chunk)), chunk)
+                self.device.allocator.copyin(self.decode_ws.ids, chunk)
+                self._set_pos(pos + start)
+                self._step(self._decode)
+                continue
+            if self._prefill_ws is None:
+                self._prefill_ws = Workspace(self.device, self.config, PREFILL_CHUNK,
+                                             self.dtype)
+            ws = self._prefill_ws
+            rows = self._replayed_rows(pos + start, len(chunk))
+            padding = np.full(max(rows - len(chunk), 0), chunk[-1], np.int32)
+            self.device.allocator.copyin(ws.ids.narrow(0, 0, len(chunk) + len(padding)),
+                                         np.concatenate([chunk, padding]))
             self._set_pos(pos + start)
-            self._step(a)
+            if not rows:
+                self._step(ws.views(len(chunk)))
+                continue
+            runner = self._prefill_runners.get(rows)
+            if runner is None:
+                runner = self._prefill_runners[rows] = self.device.decode_runner(
+                    lambda a=ws.views(rows): self._layers(a))
+            runner()
+            self._classify(ws.views(len(chunk)))
+
+    def _replayed_rows(self, pos: int, T: int) -> int:
+        """The padded length a replaying device records for T tokens at pos, or 0 (run
+        eagerly). The padding tokens' keys and values land in the cache past the prompt,
+        where later tokens overwrite them before anything reads them: they must fit it."""
+        if not self.device.replays():
+            return 0
+        rows = min([r for r in PREFILL_ROWS if r >= T] + [PREFILL_CHUNK])
+        return rows if pos + rows <= self.ctx else 0
 
     def decode(self, pos: int, token: int | None = None, pick: str = "logits") -> None:
         """One token at position pos. token=None reads the id left in the device buffer by the

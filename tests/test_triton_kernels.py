@@ -18,6 +18,7 @@ pytest.importorskip("triton")            # conftest sets TRITON_INTERPRET=1 when
 from polyllama.plugins.cuda_triton import attention as attn_mod          # noqa: E402
 from polyllama.plugins.cuda_triton import kernels, linear, sampling       # noqa: E402
 from polyllama.plugins.cuda_triton.device import TritonDevice, interpreting  # noqa: E402
+from polyllama import model as model_mod                                  # noqa: E402
 from polyllama.model import Model                                         # noqa: E402
 from polyllama.ops import Weight                                          # noqa: E402
 
@@ -363,6 +364,27 @@ def test_model_greedy_matches_transformers_fp32(dev, name):
     dev.backend_id = "cuda_triton"
     model = Model.build(ckpt, dev, "float32")
     refmodel.assert_greedy_matches(model, hf, steps=12 if SMALL else 32)
+
+
+@pytest.mark.skipif(SMALL, reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("name", sorted(refmodel.CONFIGS))
+def test_replayed_prefill_logits_match_transformers_fp32(dev, name, monkeypatch):
+    """Prefills padded to a recorded length and replayed: lengths sharing a recording,
+    chunked and continued prompts, and one near the end of the context (run eagerly)."""
+    hf = refmodel.make_hf_model(name, seed=1)
+    dev.backend_id = "cuda_triton"
+    monkeypatch.setattr(model_mod, "PREFILL_CHUNK", 24)
+    model = Model.build(refmodel.reference_checkpoint(hf), dev, "float32", ctx=64)
+    ids = np.random.default_rng(0).integers(0, hf.config.vocab_size, 60).tolist()
+    ref = refmodel.hf_logits(hf, ids)
+    for parts in ([(0, 5)], [(0, 9)], [(0, 17)], [(0, 60)], [(0, 20), (20, 31)],
+                  [(0, 56), (56, 60)]):
+        for start, end in parts:
+            model.prefill(ids[start:end], start)
+        got, want = model.read_logits(), ref[end - 1]
+        err = np.max(np.abs(got - want)) / np.max(np.abs(want))
+        assert err <= 1e-4, f"prompt {parts}: {err:.2e}"
+    assert sorted(model._prefill_runners) == [16, 24]      # 56 + 16 > 64 ran eagerly
 
 
 @pytest.mark.parametrize("name", sorted(refmodel.CONFIGS))

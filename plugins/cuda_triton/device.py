@@ -131,11 +131,15 @@ class TritonDevice(Device):
             return host.numpy()
         return result
 
+    def replays(self):
+        """POLYLLAMA_NO_GRAPH=1 keeps every step eager (for debugging)."""
+        return (self.torch_device.type == "cuda"
+                and os.environ.get("POLYLLAMA_NO_GRAPH", "0") == "0")
+
     def decode_runner(self, step):
         """The first call runs the step eagerly (compiling every kernel and allocating kernel
-        workspaces), then records it as one CUDA graph; later calls replay the graph.
-        POLYLLAMA_NO_GRAPH=1 keeps every call eager."""
-        if self.torch_device.type != "cuda" or os.environ.get("POLYLLAMA_NO_GRAPH", "0") != "0":
+        workspaces), then records it as one CUDA graph; later calls replay the graph."""
+        if not self.replays():
             return step
         graph = None
 

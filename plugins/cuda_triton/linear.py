@@ -31,6 +31,7 @@ from .device import interpreting, pdl_enabled
 from .kernels import pdl_start, rmsnorm, silu_mul
 
 _scratch: dict = {}       # prefill intermediates (see _scratch_for)
+_outgrown: list = []      # scratch a larger one replaced: recorded prefills still use it
 ONE_TILE_K = 4096
 Q8_0 = "q8_0"             # the int8 scheme's weight format (plugins/int8/pack.py)
 Q8_TILE_K = 2048
@@ -255,11 +256,14 @@ def _gemm_config(M, N, fp32):
 
 
 def _scratch_for(name, shape, like):
-    """A scratch tensor for prefill, kept (and grown) for the next one; decode never uses it."""
+    """A scratch tensor for prefill, kept (and grown) for the next one; decode never uses it.
+    An outgrown one stays allocated: a prefill recorded as a CUDA graph may still write it."""
     key = (name, like.device, like.dtype)
     numel = shape[0] * shape[1]
     buf = _scratch.get(key)
     if buf is None or buf.numel() < numel:
+        if buf is not None:
+            _outgrown.append(buf)
         buf = _scratch[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
     return buf[:numel].view(shape)
 
