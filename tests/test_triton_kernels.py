@@ -188,8 +188,11 @@ def test_argmax_negative_zero_ties_zero(dev):
 # ---------------------------------------------------------------- linear family
 
 
-LINEAR_SHAPES = [(1, 45, 83), (1, 22, 300), (7, 45, 83)] if SMALL else [
-    (1, 4096, 4096), (1, 1003, 2051), (37, 1003, 2051), (300, 4096, 1024)]
+# over 128 tokens with rows of 8 values (16 bytes in 16-bit dtypes) go through the TMA GEMM,
+# others not; on a GPU (132 multiprocessors), the last four take its four tile configurations
+LINEAR_SHAPES = [(1, 45, 83), (1, 22, 300), (7, 45, 83), (130, 72, 96)] if SMALL else [
+    (1, 4096, 4096), (1, 1003, 2051), (37, 1003, 2051), (129, 256, 256), (512, 2048, 512),
+    (300, 4096, 1024), (1024, 11264, 512)]
 
 
 def weight(dev, rng, fmt, dtype, N, K):
