@@ -185,18 +185,22 @@ def _gemv_q8_kernel(out_ptr, x_ptr, q_ptr, s_ptr, g_ptr, r_ptr, N, K, s_q, s_s, 
 
 
 @triton.jit
+def _grouped(tile, n_m, n_n, GROUP_M: tl.constexpr):
+    """(row, column) of output tile number `tile` in grouped order: GROUP_M row tiles take
+    each column tile in turn, so programs running together share weight tiles in L2."""
+    first_m = tile // (GROUP_M * n_n) * GROUP_M
+    size_m = tl.minimum(n_m - first_m, GROUP_M)
+    return first_m + (tile % (GROUP_M * n_n)) % size_m, (tile % (GROUP_M * n_n)) // size_m
+
+
+@triton.jit
 def _gemm_kernel(out_ptr, x_ptr, w_ptr, r_ptr, M, N, K, s_out, s_x, s_w, s_r,
                  ADD: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  GROUP_M: tl.constexpr):
     """Launched without PDL: its resident blocks would hold shared memory while waiting."""
-    pid = tl.program_id(0)                           # grouped order: neighbours share W tiles
-    n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    group = pid // (GROUP_M * n_n)
-    first_m = group * GROUP_M
-    size_m = tl.minimum(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * n_n)) % size_m
-    pid_n = (pid % (GROUP_M * n_n)) // size_m
+    pid_m, pid_n = _grouped(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N),
+                            GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -226,11 +230,8 @@ def _gemm_tma_kernel(out_d, x_d, w_d, r_d, M, N, K, ADD: tl.constexpr, DOT_F32: 
     tiles in turn (grouped order), so the next tile's first loads overlap this one's end."""
     n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), n_m * n_n, PROGRAMS, flatten=True):
-        group = tile // (GROUP_M * n_n)
-        first_m = group * GROUP_M
-        size_m = tl.minimum(n_m - first_m, GROUP_M)
-        m0 = (first_m + (tile % (GROUP_M * n_n)) % size_m) * BLOCK_M
-        n0 = (tile % (GROUP_M * n_n)) // size_m * BLOCK_N
+        pid_m, pid_n = _grouped(tile, n_m, n_n, GROUP_M)
+        m0, n0 = pid_m * BLOCK_M, pid_n * BLOCK_N
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             a = x_d.load([m0, k0])
