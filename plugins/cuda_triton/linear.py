@@ -304,7 +304,10 @@ def _gemm_tma_config(M, N, programs, add):
 
 
 def _tma_ready(*tensors):
-    """TMA takes 2-D row-major tiles whose base and row stride are multiples of 16 bytes."""
+    """TMA (Hopper on) takes 2-D row-major tiles whose base and row stride are multiples of
+    16 bytes."""
+    if not interpreting() and torch.cuda.get_device_capability(tensors[0].device) < (9, 0):
+        return False
     return all(t.stride(1) == 1 and t.stride(0) * t.element_size() % 16 == 0
                and t.data_ptr() % 16 == 0 for t in tensors)
 
