@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .device import interpreting, pdl_enabled
+from .device import interpreting, multiprocessors, pdl_enabled
 from .kernels import pdl_start
 
 LOG2E = 1.4426950408889634
@@ -190,11 +190,7 @@ def _n_split(device, KV, S, G, block_s):
     """About SPLIT_PER_SM (kv head, split) programs per multiprocessor: one wave, leaving room
     for the next GEMV's programs to stream their weights meanwhile (PDL). The merging
     program holds every split's partials of its G heads, which caps the splits."""
-    if device.type == "cpu":
-        sms = 4
-    else:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = triton.next_power_of_2(triton.cdiv(SPLIT_PER_SM * sms, KV))
+    want = triton.next_power_of_2(triton.cdiv(SPLIT_PER_SM * multiprocessors(device), KV))
     longest = triton.next_power_of_2(triton.cdiv(S, block_s))
     return max(1, min(want, longest, MERGE_ROWS // triton.next_power_of_2(G)))
 

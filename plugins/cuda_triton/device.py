@@ -28,12 +28,25 @@ def interpreting() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def hopper(device: torch.device) -> bool:
+    """A CUDA GPU of compute capability 9.0 or later: PDL and TMA."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def multiprocessors(device: torch.device) -> int:
+    """What one-wave grids are sized by (4 for the interpreter on the CPU)."""
+    if device.type == "cpu":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
 def pdl_enabled(device: torch.device) -> bool:
     """Programmatic dependent launch (Hopper on): every kernel lets the next one start while it
     drains, and the next waits (griddepcontrol.wait) before it touches earlier results; a
     GEMV streams its first weight tile meanwhile. POLYLLAMA_NO_PDL=1 turns it off."""
-    return (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
-            and os.environ.get("POLYLLAMA_NO_PDL", "0") == "0")
+    return hopper(device) and os.environ.get("POLYLLAMA_NO_PDL", "0") == "0"
 
 
 def _tensor(host: np.ndarray) -> torch.Tensor:

@@ -32,7 +32,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from polyllama.ops import DENSE, Weight
 
-from .device import interpreting, pdl_enabled
+from .device import hopper, interpreting, multiprocessors, pdl_enabled
 from .kernels import pdl_start, rmsnorm, silu_mul
 
 _scratch: dict = {}       # prefill intermediates (see _scratch_for)
@@ -306,7 +306,7 @@ def _gemm_tma_config(M, N, programs, add):
 def _tma_ready(*tensors):
     """TMA (Hopper on) takes 2-D row-major tiles whose base and row stride are multiples of
     16 bytes."""
-    if not interpreting() and torch.cuda.get_device_capability(tensors[0].device) < (9, 0):
+    if not (interpreting() or hopper(tensors[0].device)):
         return False
     return all(t.stride(1) == 1 and t.stride(0) * t.element_size() % 16 == 0
                and t.data_ptr() % 16 == 0 for t in tensors)
@@ -315,8 +315,7 @@ def _tma_ready(*tensors):
 def _gemm_tma(out, x, W, residual, add):
     M, K = x.shape
     N = W.shape[0]
-    sms = 4 if interpreting() else torch.cuda.get_device_properties(
-        out.device).multi_processor_count
+    sms = multiprocessors(out.device)
     bm, bn, bk, warps, stages = _gemm_tma_config(M, N, sms, add)
     programs = min(sms, triton.cdiv(M, bm) * triton.cdiv(N, bn))
     desc = TensorDescriptor.from_tensor
