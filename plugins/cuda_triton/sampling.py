@@ -15,11 +15,14 @@ reaches the largest of the chunks' smallest handed keys is among the candidates,
 merge knows that prefix of the global order exactly; it sorts the first SORTED of it. When
 the rules (top-k, top-p, min-p) cut the order inside that prefix, or the inverse-CDF draw
 lands inside it, the merge answers from it: always with a top-k up to CANDIDATES (40 and 50
-are the usual defaults). Otherwise (a flat distribution, little truncation) it searches the
-whole vocabulary: for each rule, a bitwise search for the largest key threshold whose prefix
-still meets it, one pass over the logits per bit. Weights are float32, summed in float64:
-only a u within float32 rounding of the boundary between two tokens can pick the neighbour
-the float64 reference would not.
+are the usual defaults). Otherwise (a flat distribution, little truncation) it leaves the
+token to a second kernel that searches the whole vocabulary, a radix select per rule: each
+pass, every chunk's program histograms (count and weight) the next DIGIT bits of the keys
+that match the bits settled so far, and the last to arrive settles those bits. On a GPU one
+launch runs every pass, its programs (all resident) waiting for each pass's digit; the
+interpreter, which runs programs one after another, launches a pass at a time. Weights are
+float32, summed in float64: only a u within float32 rounding of the boundary between two
+tokens can pick the neighbour the float64 reference would not.
 """
 from __future__ import annotations
 
@@ -27,16 +30,21 @@ import torch
 import triton
 import triton.language as tl
 
-from .device import interpreting, pdl_enabled
+from .device import interpreting, multiprocessors, pdl_enabled
 from .kernels import pdl_start
 
 LOG2E = tl.constexpr(1.4426950408889634)
 CHUNK = 4096              # logits per program
 CANDIDATES = 64           # keys each chunk hands to the sampling merge
 SORTED = 512              # of those, the most the merge sorts
-SEARCH_BLOCK = 2048       # logits per iteration of the whole-vocabulary search
 WARPS = 8                 # per sampling program
+SEARCH_WARPS = 4          # per search program (measured faster than 8)
+DIGIT = tl.constexpr(4)   # key bits the whole-vocabulary search settles per pass
+BUCKETS = tl.constexpr(16)        # 2**DIGIT
+SEARCHES = 3              # top-k, top-p, the draw
+SEARCH_SUB = 512          # logits per step of a search program's histogram
 _workspaces: dict = {}    # never freed: graphs hold them
+_search_workspaces: dict = {}
 
 
 def _sizes(V):
@@ -67,8 +75,11 @@ def _order(x):
 
 
 @triton.jit
-def _order_key(x, idx, IDB: tl.constexpr):
-    return ((_order(x).to(tl.int64) + 2147483648) << IDB) | ((1 << IDB) - 1 - idx).to(tl.int64)
+def _order_key(x, idx, IDB: tl.constexpr, DROP: tl.constexpr):
+    """Order key of logit x at token idx; DROP low bits of the logit's order left out (zero
+    for 16-bit logits: fewer bits for the search to settle)."""
+    order = (_order(x) >> DROP).to(tl.int64) + (1 << (31 - DROP))
+    return (order << IDB) | ((1 << IDB) - 1 - idx).to(tl.int64)
 
 
 @triton.jit
@@ -81,7 +92,7 @@ def _chunk_keys(x_ptr, c, V, IDB: tl.constexpr, CHUNK: tl.constexpr):
     """Chunk c's logits (float32, -inf past V) and their order keys (-1 past V, below all)."""
     idx = c * CHUNK + tl.arange(0, CHUNK)
     x = tl.load(x_ptr + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
-    return x, tl.where(idx < V, _order_key(x, idx, IDB), -1)
+    return x, tl.where(idx < V, _order_key(x, idx, IDB, 0), -1)
 
 
 @triton.jit
@@ -116,58 +127,107 @@ def argmax(out, logits):
 
 
 @triton.jit
-def _prefix_stats(x_ptr, V, lmax, coef, lo, emin, IDB: tl.constexpr, BLOCK: tl.constexpr):
-    """Count, weight sum and smallest key of tokens with key >= lo and weight >= emin."""
-    cnt = tl.zeros([BLOCK], tl.int32)
-    mass = tl.zeros([BLOCK], tl.float64)
-    kmin = tl.full([BLOCK], 9223372036854775807, tl.int64)
-    for v0 in range(0, V, BLOCK):
-        idx = v0 + tl.arange(0, BLOCK)
+def _searches(p, params_ptr, V, DP: tl.constexpr):
+    """Whether pass p belongs to a search these settings ask for (the same in every program)."""
+    search = p // DP
+    top_k = tl.load(params_ptr + 1).to(tl.int32)
+    return ((search == 0) & (top_k > 0) & (top_k < V)) | \
+        ((search == 1) & (tl.load(params_ptr + 2) < 1.0)) | (search == 2)
+
+
+@triton.jit
+def _search_pass(x_ptr, params_ptr, u_ptr, st_ptr, fl_ptr, part_ptr, cnt_ptr, out_ptr, V, p,
+                 c, S, IDB: tl.constexpr, DROP: tl.constexpr, DP: tl.constexpr,
+                 CHUNK: tl.constexpr, SUB: tl.constexpr, S2: tl.constexpr):
+    """Pass p of the radix search: search p // DP (top-k, top-p, the draw) settles digit
+    p % DP of its key. Each program histograms its chunk's tokens that match the digits
+    settled so far (count and weight per digit value); the last to arrive picks the digit
+    and returns True after publishing it."""
+    top_k = tl.load(params_ptr + 1).to(tl.int32)
+    top_p = tl.load(params_ptr + 2)
+    search, j = p // DP, p % DP
+    coef = LOG2E / tl.load(params_ptr)
+    emin = tl.where(search == 2, tl.minimum(tl.maximum(tl.load(params_ptr + 3), 0.0), 1.0),
+                    0.0)
+    prefix = tl.load(st_ptr + 1, volatile=True)
+    prefix = tl.where(j == 0, 0, prefix)      # a search starts with no bits settled
+    lo = tl.load(st_ptr + 2, volatile=True)
+    lmax = tl.load(fl_ptr + 2, volatile=True).to(tl.float32)
+    shift = (DP - 1 - j) * DIGIT
+    digits = tl.arange(0, BUCKETS)
+    n = tl.zeros([SUB, BUCKETS], tl.int32)        # per thread: summed across once, at the end
+    w = tl.zeros([SUB, BUCKETS], tl.float64)
+    for s0 in range(0, CHUNK, SUB):
+        # [SUB, 1] columns, in the histogram's layout: no shuffles through shared memory
+        idx = c * CHUNK + s0 + tl.arange(0, SUB)[:, None]
         x = tl.load(x_ptr + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
+        key = _order_key(x, idx, IDB, DROP)
         e = tl.exp2((x - lmax) * coef)
-        key = _order_key(x, idx, IDB)
-        keep = (idx < V) & (key >= lo) & (e >= emin)
-        cnt += keep.to(tl.int32)
-        mass += tl.where(keep, e, 0.0).to(tl.float64)
-        kmin = tl.minimum(kmin, tl.where(keep, key, 9223372036854775807))
-    return tl.sum(cnt, axis=0), tl.sum(mass, axis=0), tl.min(kmin, axis=0)
+        keep = (idx < V) & (key >= lo) & (e >= emin) & \
+            ((key >> (shift + DIGIT)) == (prefix >> (shift + DIGIT)))
+        hit = (((key >> shift) & (BUCKETS - 1)) == digits[None, :]) & keep
+        n += hit.to(tl.int32)
+        w += tl.where(hit, e.to(tl.float64), 0.0)
+    mine = part_ptr + c * (2 * BUCKETS)
+    tl.store(mine + digits, tl.sum(n, axis=0).to(tl.float64))
+    tl.store(mine + BUCKETS + digits, tl.sum(w, axis=0))
+    tl.debug_barrier()                        # every thread's stores before the release
+    last = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") == S - 1
+    if last:
+        pc = tl.arange(0, S2)
+        rows = part_ptr + pc[:, None] * (2 * BUCKETS) + digits[None, :]
+        counts = tl.sum(tl.load(rows, mask=(pc < S)[:, None], other=0.0,
+                                cache_modifier=".cg"), axis=0)
+        weights = tl.sum(tl.load(rows + BUCKETS, mask=(pc < S)[:, None], other=0.0,
+                                 cache_modifier=".cg"), axis=0)
+        got = tl.where(search == 0, counts, weights)
+        above = tl.load(fl_ptr, volatile=True)
+        need = tl.load(fl_ptr + 1, volatile=True)
+        if j == 0:                            # the tokens this search ranks: all of them
+            above = above * 0.0
+            frac = tl.where(search == 1, top_p, tl.load(u_ptr)).to(tl.float64)
+            need = tl.where(search == 0, top_k.to(tl.float64), frac * tl.sum(got, axis=0))
+        # the prefix weight down to each digit value: with what the settled digits rank
+        reach = above + tl.sum(got, axis=0) - tl.cumsum(got, axis=0) + got
+        ok = tl.where(search == 2, reach > need, reach >= need) & (counts > 0)
+        d = tl.max(tl.where(ok, digits, -1), axis=0)
+        if d < 0:                             # never reached: the last kept token
+            d = tl.min(tl.where(counts > 0, digits, BUCKETS), axis=0)
+        tl.store(fl_ptr, above + tl.sum(tl.where(digits > d, got, 0.0), axis=0))
+        tl.store(fl_ptr + 1, need)
+        prefix = prefix | (d.to(tl.int64) << shift)
+        tl.store(st_ptr + 1, prefix)
+        if j == DP - 1:                       # the key is settled
+            if search == 2:
+                tl.store(out_ptr, _token(prefix, IDB))
+            else:                             # the next search's cut
+                tl.store(st_ptr + 2, prefix)
+        tl.store(cnt_ptr, 0)
+    return last
 
 
 @triton.jit
-def _search(x_ptr, V, lmax, coef, lo, emin, need, WHAT: tl.constexpr, IDB: tl.constexpr,
-            BLOCK: tl.constexpr):
-    """The largest t whose prefix (key >= max(t, lo), weight >= emin) still meets the need:
-    WHAT 0: holds at least `need` tokens; 1: weighs at least `need`; 2: weighs more."""
-    t = lo * 0
-    for i in range(32 + IDB):
-        cand = t | (t * 0 + 1) << (31 + IDB - i)
-        cnt, mass, _ = _prefix_stats(x_ptr, V, lmax, coef, tl.maximum(cand, lo), emin, IDB,
-                                     BLOCK)
-        if WHAT == 0:
-            ok = cnt >= need
-        elif WHAT == 1:
-            ok = mass >= need
-        else:
-            ok = mass > need
-        t = tl.where(ok, cand, t)
-    return t
-
-
-@triton.jit
-def _search_sample(x_ptr, V, lmax, coef, top_k, top_p, min_p, u, IDB: tl.constexpr,
-                   BLOCK: tl.constexpr):
-    """The sampled token from passes over the whole vocabulary."""
-    lo = tl.zeros([1], tl.int64).sum(axis=0)
-    if (top_k > 0) & (top_k < V):
-        lo = _search(x_ptr, V, lmax, coef, lo, 0.0, top_k, 0, IDB, BLOCK)
-    if top_p < 1.0:
-        _, kept, _ = _prefix_stats(x_ptr, V, lmax, coef, lo, 0.0, IDB, BLOCK)
-        lo = _search(x_ptr, V, lmax, coef, lo, 0.0, top_p * kept, 1, IDB, BLOCK)
-    emin = tl.minimum(tl.maximum(min_p, 0.0), 1.0)
-    _, kept, kmin = _prefix_stats(x_ptr, V, lmax, coef, lo, emin, IDB, BLOCK)
-    target = u * kept
-    t = _search(x_ptr, V, lmax, coef, lo, emin, target, 2, IDB, BLOCK)
-    return _token(tl.where(kept > target, t, kmin), IDB)   # u*kept rounded up: last token
+def _search_kernel(out_ptr, x_ptr, params_ptr, u_ptr, st_ptr, fl_ptr, part_ptr, cnt_ptr, V,
+                   first, IDB: tl.constexpr, DROP: tl.constexpr, DP: tl.constexpr,
+                   PASSES: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
+                   S2: tl.constexpr, BARRIER: tl.constexpr, PDL: tl.constexpr):
+    """Passes first.. first+PASSES-1 of the radix search, when the sampling merge left the
+    token to it (st[0]). With BARRIER, the programs (all resident: one per chunk) wait for
+    each pass's digit; without, each launch runs one pass."""
+    c, S = tl.program_id(0), tl.num_programs(0)
+    pdl_start(PDL)
+    if tl.load(st_ptr, volatile=True) != 0:
+        for p in range(first, first + PASSES):
+            if _searches(p, params_ptr, V, DP):
+                gen = tl.atomic_add(st_ptr + 3, 0, sem="acquire")
+                if _search_pass(x_ptr, params_ptr, u_ptr, st_ptr, fl_ptr, part_ptr, cnt_ptr,
+                                out_ptr, V, p, c, S, IDB, DROP, DP, CHUNK, SUB, S2):
+                    tl.debug_barrier()            # the digit's stores before the release
+                    tl.atomic_add(st_ptr + 3, 1, sem="release")
+                elif BARRIER:
+                    while tl.atomic_add(st_ptr + 3, 0, sem="acquire") == gen:
+                        pass
+                tl.debug_barrier()                # the digit, seen by every thread
 
 
 # ---------------------------------------------------------------- sampling
@@ -212,10 +272,9 @@ def _hand_over(dst_ptr, x, keys, CAND: tl.constexpr):
 
 @triton.jit
 def _merge_sample(x_ptr, params_ptr, u_ptr, cand_ptr, part_ptr, V, P, IDB: tl.constexpr,
-                  CAND: tl.constexpr, P2: tl.constexpr, SORTED: tl.constexpr,
-                  BLOCK: tl.constexpr):
-    """The sampled token from the chunks' candidates, or from the whole-vocabulary search
-    when the candidates do not decide it."""
+                  CAND: tl.constexpr, P2: tl.constexpr, SORTED: tl.constexpr):
+    """The sampled token from the chunks' candidates, or -1 when they do not decide it;
+    and the largest logit."""
     temp = tl.load(params_ptr)
     top_k = tl.load(params_ptr + 1).to(tl.int32)
     top_p = tl.load(params_ptr + 2)
@@ -227,6 +286,7 @@ def _merge_sample(x_ptr, params_ptr, u_ptr, cand_ptr, part_ptr, V, P, IDB: tl.co
     floor = tl.max(tl.min(handed, axis=1), axis=0)   # every key from here up was handed
     handed = tl.reshape(handed, [P2 * CAND])
     tok = _token(tl.max(handed, axis=0), IDB)
+    lmax = tl.load(part_ptr) * 0.0
     if temp > 0:
         known = (handed >= floor) & (handed >= 0)
         if tl.sum(known.to(tl.int32), axis=0) > SORTED:  # keep the SORTED largest of them
@@ -283,20 +343,16 @@ def _merge_sample(x_ptr, params_ptr, u_ptr, cand_ptr, part_ptr, V, P, IDB: tl.co
             bounded = (cut > n) & (mass_exact | (top_p >= 1.0))
             if (~bounded) | (i != _first(exact & (cum > u * hi), rank, beyond)):
                 i = beyond
-        if i < beyond:
-            tok = tl.sum(tl.where(rank == i, ids, 0), axis=0)
-        else:
-            tok = _search_sample(x_ptr, V, lmax, coef, top_k, top_p, min_p, u, IDB, BLOCK)
-    return tok
+        tok = tl.where(i < beyond, tl.sum(tl.where(rank == i, ids, 0), axis=0), -1)
+    return tok, lmax
 
 
 @triton.jit
-def _sample_kernel(out_ptr, x_ptr, params_ptr, u_ptr, cand_ptr, part_ptr, cnt_ptr, V,
-                   IDB: tl.constexpr, CHUNK: tl.constexpr, CAND: tl.constexpr,
-                   P2: tl.constexpr, SORTED: tl.constexpr, BLOCK: tl.constexpr,
-                   PDL: tl.constexpr):
+def _sample_kernel(out_ptr, x_ptr, params_ptr, u_ptr, cand_ptr, part_ptr, cnt_ptr, st_ptr,
+                   fl_ptr, V, IDB: tl.constexpr, CHUNK: tl.constexpr, CAND: tl.constexpr,
+                   P2: tl.constexpr, SORTED: tl.constexpr, PDL: tl.constexpr):
     """Program c: chunk c's CAND largest keys, largest logit and softmax mass; the last
-    program merges."""
+    program merges, or leaves the token to the search (st[0])."""
     c, P = tl.program_id(0), tl.num_programs(0)
     pdl_start(PDL)
     temp = tl.load(params_ptr)
@@ -309,9 +365,36 @@ def _sample_kernel(out_ptr, x_ptr, params_ptr, u_ptr, cand_ptr, part_ptr, cnt_pt
     tl.store(part_ptr + 2 * c + 1, tl.sum(tl.exp2((x - shift) * coef), axis=0))
     tl.debug_barrier()                            # every thread's stores before the release
     if tl.atomic_add(cnt_ptr, 1, sem="acq_rel") == P - 1:
-        tl.store(out_ptr, _merge_sample(x_ptr, params_ptr, u_ptr, cand_ptr, part_ptr, V, P,
-                                        IDB, CAND, P2, SORTED, BLOCK))
+        tok, lmax = _merge_sample(x_ptr, params_ptr, u_ptr, cand_ptr, part_ptr, V, P, IDB,
+                                  CAND, P2, SORTED)
+        tl.store(out_ptr, tok)
+        tl.store(st_ptr, (tok < 0).to(tl.int64))
+        tl.store(st_ptr + 2, tl.zeros([1], tl.int64).sum(axis=0))   # no cut yet
+        tl.store(fl_ptr + 2, lmax.to(tl.float64))
         tl.store(cnt_ptr, 0)                      # ready for the next step
+
+
+def _search_workspace(device, programs):
+    """The search's state (int64: handed over, settled key bits, cut, pass generation;
+    float64: weight above the settled bits, the weight sought, largest logit), the
+    programs' histograms and an arrival counter (the last arrival resets it)."""
+    key = (str(device), programs)
+    if key not in _search_workspaces:
+        _search_workspaces[key] = (
+            torch.zeros(4, dtype=torch.int64, device=device),
+            torch.zeros(3, dtype=torch.float64, device=device),
+            torch.empty(programs * 2 * BUCKETS, dtype=torch.float64, device=device),
+            torch.zeros(1, dtype=torch.int32, device=device))
+    return _search_workspaces[key]
+
+
+def _search_grid(device, V):
+    """(programs, logits per program, logits per histogram step) of the search: a program
+    per multiprocessor at most, since they wait on each other and so must all be resident."""
+    sub = 64 if interpreting() else SEARCH_SUB
+    programs = min(multiprocessors(device), triton.cdiv(V, sub))
+    span = triton.cdiv(triton.cdiv(V, programs), sub) * sub
+    return triton.cdiv(V, span), span, sub
 
 
 def sample(out, logits, params, u):
@@ -320,9 +403,19 @@ def sample(out, logits, params, u):
     chunk, cand, sort = _sizes(V)
     P = triton.cdiv(V, chunk)
     keys, part, cnt = _workspace(out.device, "sample", 1, P * cand + sort, 2 * P)
-    block = min(256 if interpreting() else SEARCH_BLOCK, triton.next_power_of_2(V))
+    programs, span, sub = _search_grid(out.device, V)
+    st, fl, hist, arrivals = _search_workspace(out.device, programs)
+    idb = max(1, (V - 1).bit_length())
     pdl = pdl_enabled(out.device)
-    _sample_kernel[(P,)](out, logits, params, u, keys, part, cnt, V,
-                         IDB=max(1, (V - 1).bit_length()), CHUNK=chunk, CAND=cand,
-                         P2=triton.next_power_of_2(P), SORTED=sort, BLOCK=block, PDL=pdl,
-                         num_warps=WARPS, launch_pdl=pdl)
+    _sample_kernel[(P,)](out, logits, params, u, keys, part, cnt, st, fl, V, IDB=idb,
+                         CHUNK=chunk, CAND=cand, P2=triton.next_power_of_2(P), SORTED=sort,
+                         PDL=pdl, num_warps=WARPS, launch_pdl=pdl)
+    drop = {torch.bfloat16: 16, torch.float16: 13}.get(logits.dtype, 0)
+    digits = triton.cdiv(32 - drop + idb, int(DIGIT))
+    passes = [(p, 1) for p in range(SEARCHES * digits)] if interpreting() else \
+        [(0, SEARCHES * digits)]                  # the interpreter runs programs in turn
+    for first, count in passes:
+        _search_kernel[(programs,)](
+            out, logits, params, u, st, fl, hist, arrivals, V, first, IDB=idb, DROP=drop,
+            DP=digits, PASSES=count, CHUNK=span, SUB=sub, S2=triton.next_power_of_2(programs),
+            BARRIER=not interpreting(), PDL=pdl, num_warps=SEARCH_WARPS, launch_pdl=pdl)
