@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import refmodel
-from polyllama import DeviceSpec, QuantizedArray, get_registry, reference
+from polyllama import DeviceSpec, QuantizedArray, get_device, get_registry, reference
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")            # conftest sets TRITON_INTERPRET=1 when there is no GPU
@@ -19,6 +19,7 @@ from polyllama.plugins.cuda_triton import attention as attn_mod          # noqa:
 from polyllama.plugins.cuda_triton import kernels, linear, sampling       # noqa: E402
 from polyllama.plugins.cuda_triton.device import TritonDevice, interpreting  # noqa: E402
 from polyllama import model as model_mod                                  # noqa: E402
+from polyllama.generate import SamplingParams, TokenLoop                   # noqa: E402
 from polyllama.model import Model                                         # noqa: E402
 from polyllama.ops import Weight                                          # noqa: E402
 
@@ -356,6 +357,23 @@ def test_sample_masked_logits_and_large_vocabularies(dev, rng, params):
             assert int(out.cpu()[0]) == want, f"V={V} u={u}"
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_sample_draws_on_exact_boundaries(dev, dtype):
+    """Equal logits: every cumulative weight is exact, so u * total lands exactly on a
+    boundary between two tokens (the draw takes the later one, as the reference's
+    searchsorted does; a top-p cut the earlier one)."""
+    V = 256 if SMALL else 32768
+    logits = up(dev, np.zeros((1, V)), dtype)
+    out = dev.empty((1,), "int32").native
+    for params in [(1.0, 0, 1.0, 0.0), (1.0, 0, 0.5, 0.0), (1.0, V // 2, 1.0, 0.0)]:
+        pbuf = dev.upload(np.array(params, dtype=np.float32), "float32").native
+        for u in np.array([0.0, 0.25, 0.5, 0.75, 0.999], dtype=np.float32):
+            out.fill_(-1)
+            sampling.sample(out, logits, pbuf, dev.upload(np.array([u]), "float32").native)
+            want = reference.sample(np.zeros(V), *params, float(u))
+            assert int(out.cpu()[0]) == want, f"{params} u={u}"
+
+
 # ---------------------------------------------------------------- the whole model
 
 
@@ -367,6 +385,20 @@ def test_model_greedy_matches_transformers_fp32(dev, name):
     dev.backend_id = "cuda_triton"
     model = Model.build(ckpt, dev, "float32")
     refmodel.assert_greedy_matches(model, hf, steps=12 if SMALL else 32)
+
+
+@pytest.mark.parametrize("settings", [(1.0, 0, 1.0, 0.0), (0.9, 0, 0.9, 0.0)])
+def test_seeded_sampling_matches_cpu_numpy_fp32(dev, settings):
+    """Sampled decode steps (replayed CUDA graphs on a GPU) draw the tokens cpu:numpy draws
+    with the same seed. A random model's logits are flat, so most draws go to the
+    whole-vocabulary search, over several of its programs."""
+    hf = refmodel.make_hf_model("gqa-tied", seed=3, vocab=300 if SMALL else 5000)
+    ckpt = refmodel.reference_checkpoint(hf)
+    params = SamplingParams(*settings, seed=7)
+    want = list(TokenLoop(Model.build(ckpt, get_device("cpu:numpy")), params).run([1, 4, 9], 8))
+    dev.backend_id = "cuda_triton"
+    got = list(TokenLoop(Model.build(ckpt, dev, "float32"), params).run([1, 4, 9], 8))
+    assert got == want
 
 
 @pytest.mark.skipif(SMALL, reason="CUDA graphs need a GPU")

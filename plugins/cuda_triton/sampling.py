@@ -191,7 +191,7 @@ def _search_pass(x_ptr, params_ptr, u_ptr, st_ptr, fl_ptr, part_ptr, cnt_ptr, ou
         reach = above + tl.sum(got, axis=0) - tl.cumsum(got, axis=0) + got
         ok = tl.where(search == 2, reach > need, reach >= need) & (counts > 0)
         d = tl.max(tl.where(ok, digits, -1), axis=0)
-        if d < 0:                             # never reached: the last kept token
+        if d < 0:       # float64 sums in another order fell short: the last kept token
             d = tl.min(tl.where(counts > 0, digits, BUCKETS), axis=0)
         tl.store(fl_ptr, above + tl.sum(tl.where(digits > d, got, 0.0), axis=0))
         tl.store(fl_ptr + 1, need)
