@@ -17,8 +17,8 @@ the rules (top-k, top-p, min-p) cut the order inside that prefix, or the inverse
 lands inside it, the merge answers from it: always with a top-k up to CANDIDATES (40 and 50
 are the usual defaults). Otherwise (a flat distribution, little truncation) it leaves the
 token to a second kernel that searches the whole vocabulary, a radix select per rule: each
-pass, every chunk's program histograms (count and weight) the next DIGIT bits of the keys
-that match the bits settled so far, and the last to arrive settles those bits. On a GPU one
+pass, every program histograms (count and weight) the next DIGIT bits of the keys in its
+slice that match the bits settled so far, and the last to arrive settles those bits. On a GPU one
 launch runs every pass, its programs (all resident) waiting for each pass's digit; the
 interpreter, which runs programs one after another, launches a pass at a time. Weights are
 float32, summed in float64: only a u within float32 rounding of the boundary between two
@@ -44,7 +44,7 @@ BUCKETS = tl.constexpr(16)        # 2**DIGIT
 SEARCHES = 3              # top-k, top-p, the draw
 SEARCH_SUB = 512          # logits per step of a search program's histogram
 _workspaces: dict = {}    # never freed: graphs hold them
-_search_workspaces: dict = {}
+_search_workspaces: dict = {}    # the same
 
 
 def _sizes(V):
@@ -76,8 +76,8 @@ def _order(x):
 
 @triton.jit
 def _order_key(x, idx, IDB: tl.constexpr, DROP: tl.constexpr):
-    """Order key of logit x at token idx; DROP low bits of the logit's order left out (zero
-    for 16-bit logits: fewer bits for the search to settle)."""
+    """Order key of logit x at token idx; DROP low bits of the logit's order left out (the
+    same in every logit stored in 16 bits: fewer bits for the search to settle)."""
     order = (_order(x) >> DROP).to(tl.int64) + (1 << (31 - DROP))
     return (order << IDB) | ((1 << IDB) - 1 - idx).to(tl.int64)
 
@@ -140,9 +140,9 @@ def _search_pass(x_ptr, params_ptr, u_ptr, st_ptr, fl_ptr, part_ptr, cnt_ptr, ou
                  c, S, IDB: tl.constexpr, DROP: tl.constexpr, DP: tl.constexpr,
                  CHUNK: tl.constexpr, SUB: tl.constexpr, S2: tl.constexpr):
     """Pass p of the radix search: search p // DP (top-k, top-p, the draw) settles digit
-    p % DP of its key. Each program histograms its chunk's tokens that match the digits
-    settled so far (count and weight per digit value); the last to arrive picks the digit
-    and returns True after publishing it."""
+    p % DP of its key. Each program histograms its slice's tokens that match the digits
+    settled so far (count and weight per digit value); the last to arrive picks the digit,
+    publishes it and returns True."""
     top_k = tl.load(params_ptr + 1).to(tl.int32)
     top_p = tl.load(params_ptr + 2)
     search, j = p // DP, p % DP
@@ -212,8 +212,8 @@ def _search_kernel(out_ptr, x_ptr, params_ptr, u_ptr, st_ptr, fl_ptr, part_ptr, 
                    PASSES: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr,
                    S2: tl.constexpr, BARRIER: tl.constexpr, PDL: tl.constexpr):
     """Passes first.. first+PASSES-1 of the radix search, when the sampling merge left the
-    token to it (st[0]). With BARRIER, the programs (all resident: one per chunk) wait for
-    each pass's digit; without, each launch runs one pass."""
+    token to it (st[0]). With BARRIER, the programs (all resident: at most one per
+    multiprocessor) wait for each pass's digit; without, each launch runs one pass."""
     c, S = tl.program_id(0), tl.num_programs(0)
     pdl_start(PDL)
     if tl.load(st_ptr, volatile=True) != 0:
