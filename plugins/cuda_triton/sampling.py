@@ -127,28 +127,23 @@ def argmax(out, logits):
 
 
 @triton.jit
-def _searches(p, params_ptr, V, DP: tl.constexpr):
+def _searches(p, top_k, top_p, V, DP: tl.constexpr):
     """Whether pass p belongs to a search these settings ask for (the same in every program)."""
     search = p // DP
-    top_k = tl.load(params_ptr + 1).to(tl.int32)
-    return ((search == 0) & (top_k > 0) & (top_k < V)) | \
-        ((search == 1) & (tl.load(params_ptr + 2) < 1.0)) | (search == 2)
+    return ((search == 0) & (top_k > 0) & (top_k < V)) | ((search == 1) & (top_p < 1.0)) | \
+        (search == 2)
 
 
 @triton.jit
-def _search_pass(x_ptr, params_ptr, u_ptr, st_ptr, fl_ptr, part_ptr, cnt_ptr, out_ptr, V, p,
-                 c, S, IDB: tl.constexpr, DROP: tl.constexpr, DP: tl.constexpr,
+def _search_pass(x_ptr, st_ptr, fl_ptr, part_ptr, cnt_ptr, out_ptr, coef, top_k, top_p, min_p,
+                 u, V, p, c, S, IDB: tl.constexpr, DROP: tl.constexpr, DP: tl.constexpr,
                  CHUNK: tl.constexpr, SUB: tl.constexpr, S2: tl.constexpr):
     """Pass p of the radix search: search p // DP (top-k, top-p, the draw) settles digit
     p % DP of its key. Each program histograms its slice's tokens that match the digits
     settled so far (count and weight per digit value); the last to arrive picks the digit,
     publishes it and returns True."""
-    top_k = tl.load(params_ptr + 1).to(tl.int32)
-    top_p = tl.load(params_ptr + 2)
     search, j = p // DP, p % DP
-    coef = LOG2E / tl.load(params_ptr)
-    emin = tl.where(search == 2, tl.minimum(tl.maximum(tl.load(params_ptr + 3), 0.0), 1.0),
-                    0.0)
+    emin = tl.where(search == 2, tl.minimum(tl.maximum(min_p, 0.0), 1.0), 0.0)
     prefix = tl.load(st_ptr + 1, volatile=True)
     prefix = tl.where(j == 0, 0, prefix)      # a search starts with no bits settled
     lo = tl.load(st_ptr + 2, volatile=True)
@@ -185,7 +180,7 @@ def _search_pass(x_ptr, params_ptr, u_ptr, st_ptr, fl_ptr, part_ptr, cnt_ptr, ou
         need = tl.load(fl_ptr + 1, volatile=True)
         if j == 0:                            # the tokens this search ranks: all of them
             above = above * 0.0
-            frac = tl.where(search == 1, top_p, tl.load(u_ptr)).to(tl.float64)
+            frac = tl.where(search == 1, top_p, u).to(tl.float64)
             need = tl.where(search == 0, top_k.to(tl.float64), frac * tl.sum(got, axis=0))
         # the prefix weight down to each digit value: with what the settled digits rank
         reach = above + tl.sum(got, axis=0) - tl.cumsum(got, axis=0) + got
@@ -217,11 +212,16 @@ def _search_kernel(out_ptr, x_ptr, params_ptr, u_ptr, st_ptr, fl_ptr, part_ptr, 
     c, S = tl.program_id(0), tl.num_programs(0)
     pdl_start(PDL)
     if tl.load(st_ptr, volatile=True) != 0:
+        coef = LOG2E / tl.load(params_ptr)
+        top_k = tl.load(params_ptr + 1).to(tl.int32)
+        top_p = tl.load(params_ptr + 2)
+        min_p = tl.load(params_ptr + 3)
+        u = tl.load(u_ptr)
         for p in range(first, first + PASSES):
-            if _searches(p, params_ptr, V, DP):
+            if _searches(p, top_k, top_p, V, DP):
                 gen = tl.atomic_add(st_ptr + 3, 0, sem="acquire")
-                if _search_pass(x_ptr, params_ptr, u_ptr, st_ptr, fl_ptr, part_ptr, cnt_ptr,
-                                out_ptr, V, p, c, S, IDB, DROP, DP, CHUNK, SUB, S2):
+                if _search_pass(x_ptr, st_ptr, fl_ptr, part_ptr, cnt_ptr, out_ptr, coef, top_k,
+                                top_p, min_p, u, V, p, c, S, IDB, DROP, DP, CHUNK, SUB, S2):
                     tl.debug_barrier()            # the digit's stores before the release
                     tl.atomic_add(st_ptr + 3, 1, sem="release")
                 elif BARRIER:
@@ -369,7 +369,7 @@ def _sample_kernel(out_ptr, x_ptr, params_ptr, u_ptr, cand_ptr, part_ptr, cnt_pt
                                   CAND, P2, SORTED)
         tl.store(out_ptr, tok)
         tl.store(st_ptr, (tok < 0).to(tl.int64))
-        tl.store(st_ptr + 2, tl.zeros([1], tl.int64).sum(axis=0))   # no cut yet
+        tl.store(st_ptr + 2, 0)                   # no cut yet
         tl.store(fl_ptr + 2, lmax.to(tl.float64))
         tl.store(cnt_ptr, 0)                      # ready for the next step
 
