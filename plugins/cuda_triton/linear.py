@@ -259,13 +259,16 @@ def _dequant_kernel(out_ptr, q_ptr, s_ptr, K, s_out, s_q, s_s, GROUP: tl.constex
 def _gemv_config(N, K):
     """(BLOCK_N, BLOCK_K, num_warps) for one token, from a sweep of the Llama shapes. Rows up
     to ONE_TILE_K wide load whole, so the next GEMV can stream them during the kernels
-    before it."""
+    before it. Long rows of a narrow output (the w2 of a 1B model) go in fewer, larger
+    programs: whole decode steps 1-2% faster (benchmarks/gemv_configs.py)."""
     if interpreting():
         return 16, min(128, triton.next_power_of_2(K)), 4
     if K <= ONE_TILE_K:
         return 2, triton.next_power_of_2(K), 4
     if N * K >= 1 << 26:
         return 2, 2048, 4
+    if N <= 2048:
+        return 8, 1024, 8
     return 4, 1024, 4
 
 

@@ -1,0 +1,94 @@
+"""Are the GEMV tile configurations still the best ones for the whole decode step?
+
+`linear._gemv_config` picks (rows per program, values per tile, warps) from a matrix's shape
+alone, tuned on sweeps of single GEMVs. Here each variant overrides it for some of the
+step's matrices (qkv, o, w1|w3, w2, the classifier) and the whole decode step (random
+weights, 512 tokens in the KV cache, argmax pick) is replayed as a CUDA graph; every variant
+is timed twice, interleaved, in one process. A tile of None values means whole rows.
+
+    python benchmarks/gemv_configs.py llama2-7b tinyllama-1.1b
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from polyllama.plugins.cuda_triton import linear
+from timing import cuda_triton_and_bandwidth, floor_us, median_us, model_after_prompt, replayed
+
+WHOLE_ROWS = ("qkv", "o", "w13", "classifier")         # K <= 4096 in these shapes
+VARIANTS = [
+    ("shipped", {}),
+    ("whole-row matrices: 4 rows, 8 warps", {r: (4, None, 8) for r in WHOLE_ROWS}),
+    ("whole-row matrices: 2 rows, 8 warps", {r: (2, None, 8) for r in WHOLE_ROWS}),
+    ("whole-row matrices: 1 row, 4 warps", {r: (1, None, 4) for r in WHOLE_ROWS}),
+    ("w13: 4 rows, 8 warps", {"w13": (4, None, 8)}),
+    ("w13: 8 rows, 8 warps", {"w13": (8, None, 8)}),
+    ("qkv and o: 4 rows, 8 warps", {"qkv": (4, None, 8), "o": (4, None, 8)}),
+    ("classifier: 4 rows, 8 warps", {"classifier": (4, None, 8)}),
+    ("w2: 2 x 2048, 4 warps", {"w2": (2, 2048, 4)}),
+    ("w2: 4 x 2048, 8 warps", {"w2": (4, 2048, 8)}),
+    ("w2: 8 x 1024, 8 warps", {"w2": (8, 1024, 8)}),
+    ("w2: 4 x 1024, 4 warps", {"w2": (4, 1024, 4)}),
+    ("w2: 2 x 4096, 8 warps", {"w2": (2, 4096, 8)}),
+]
+
+
+def roles(model) -> dict:
+    """(rows, columns) of each decode matrix -> its name (w13: gate and up rows stacked)."""
+    c = model.config
+    D, F = c.dim, c.hidden_dim
+    qkv = (c.n_heads + 2 * c.n_kv_heads) * c.hd
+    return {(qkv, D): "qkv", (D, D): "o", (2 * F, D): "w13", (D, F): "w2",
+            (c.vocab_size, D): "classifier"}
+
+
+def overriding(shipped, names: dict, over: dict):
+    """A _gemv_config that answers `over` for the matrices it names, else as shipped."""
+    def config(N, K):
+        name = names.get((N, K))
+        if name not in over:
+            return shipped(N, K)
+        rows, tile, warps = over[name]
+        return rows, tile or 1 << (K - 1).bit_length(), warps
+    return config
+
+
+def sweep(dev, shape: str, bandwidth: float) -> None:
+    model = model_after_prompt(dev, shape)
+    floor = floor_us(model, bandwidth)
+    names = roles(model)
+
+    def step():
+        model._step(model._decode)
+        model._pick("argmax")
+    runners, shipped = [], linear._gemv_config
+    try:
+        for label, over in VARIANTS:
+            linear._gemv_config = overriding(shipped, names, over)
+            runners.append((label, replayed(dev, step)))      # the config is read at capture
+    finally:
+        linear._gemv_config = shipped
+    times = {label: [] for label, _ in runners}
+    for _ in range(2):
+        for label, run in runners:
+            times[label].append(median_us(run, max(20, int(60_000 / floor))))
+    for label, (first, second) in times.items():
+        print(f"{shape:15s} {label:38s} {first:8.1f} {second:8.1f} us  "
+              f"{100 * floor / min(first, second):5.1f}% of the floor ({floor:.1f} us)",
+              flush=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("shapes", nargs="*", default=["llama2-7b", "tinyllama-1.1b"])
+    args = p.parse_args(argv)
+    dev, bandwidth = cuda_triton_and_bandwidth()
+    for shape in args.shapes:
+        sweep(dev, shape, bandwidth)
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
