@@ -21,6 +21,8 @@ from .kernels import pdl_start
 LOG2E = 1.4426950408889634
 SPLIT_PER_SM = 1
 MERGE_ROWS = 256          # query heads x splits one merging program holds
+DECODE_BLOCK_S = 32       # cached positions per tile of a decode program
+DECODE_WARPS = 4
 _workspaces: dict = {}      # per (device, shape); never freed, so graphs may hold them
 
 
@@ -208,15 +210,15 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     dot = dict(PRECISION="ieee" if fp32 else "tf32", DOT_F32=interpreting())
     s_c = k_cache.stride(0)
     if T == 1:
-        block_s = 16 if interpreting() else 32
+        block_s = 16 if interpreting() else DECODE_BLOCK_S
         block_g = max(16, triton.next_power_of_2(G))          # tl.dot's smallest tile
         n_split = _n_split(q.device, KV, S, G, block_s)
         part, cnt = _workspace(q.device, H, n_split, block_d)
         _decode_kernel[(KV, n_split)](
             out, part, cnt, q, k, v, k_cache, v_cache, pos, qk_scale, q.stride(1), k.stride(1),
             out.stride(1), s_c, G=G, HD=hd, N_SPLIT=n_split, BLOCK_G=block_g,
-            MERGE_G=triton.next_power_of_2(G), BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4,
-            **dot, **pdl)
+            MERGE_G=triton.next_power_of_2(G), BLOCK_S=block_s, BLOCK_D=block_d,
+            num_warps=DECODE_WARPS, **dot, **pdl)
         return
     _cache_write_kernel[(T,)](k_cache, v_cache, k, v, pos, KV, k.stride(0), k.stride(1),
                               v.stride(0), v.stride(1), s_c, HD=hd,

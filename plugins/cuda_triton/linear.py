@@ -260,7 +260,7 @@ def _gemv_config(N, K):
     """(BLOCK_N, BLOCK_K, num_warps) for one token, from a sweep of the Llama shapes. Rows up
     to ONE_TILE_K wide load whole, so the next GEMV can stream them during the kernels
     before it. Long rows of a narrow output (the w2 of a 1B model) go in fewer, larger
-    programs: whole decode steps 1-2% faster (benchmarks/gemv_configs.py)."""
+    programs: whole decode steps 1-2% faster (benchmarks/step_configs.py)."""
     if interpreting():
         return 16, min(128, triton.next_power_of_2(K)), 4
     if K <= ONE_TILE_K:

@@ -1,12 +1,13 @@
-"""Are the GEMV tile configurations still the best ones for the whole decode step?
+"""Are the decode kernels' tile settings still the best ones for the whole decode step?
 
 `linear._gemv_config` picks (rows per program, values per tile, warps) from a matrix's shape
-alone, tuned on sweeps of single GEMVs. Here each variant overrides it for some of the
-step's matrices (qkv, o, w1|w3, w2, the classifier) and the whole decode step (random
-weights, 512 tokens in the KV cache, argmax pick) is replayed as a CUDA graph; every variant
-is timed twice, interleaved, in one process. A tile of None values means whole rows.
+alone, tuned on sweeps of single GEMVs. A variant overrides it for some of the step's
+matrices (qkv, o, w1|w3, w2, the classifier; a tile of None means whole rows), or sets the
+decode attention's positions per tile, (kv head, split) programs per multiprocessor and
+warps. The whole decode step (random weights, 512 tokens in the KV cache, argmax pick) is
+replayed as a CUDA graph; every variant is timed twice, interleaved, in one process.
 
-    python benchmarks/gemv_configs.py llama2-7b tinyllama-1.1b
+    python benchmarks/step_configs.py llama2-7b tinyllama-1.1b llama3.2-1b
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import argparse
 
 import torch
 
-from polyllama.plugins.cuda_triton import linear
+from polyllama.plugins.cuda_triton import attention, linear
 from timing import cuda_triton_and_bandwidth, floor_us, median_us, model_after_prompt, replayed
 
 WHOLE_ROWS = ("qkv", "o", "w13", "classifier")         # K <= 4096 in these shapes
@@ -32,7 +33,15 @@ VARIANTS = [
     ("w2: 8 x 1024, 8 warps", {"w2": (8, 1024, 8)}),
     ("w2: 4 x 1024, 4 warps", {"w2": (4, 1024, 4)}),
     ("w2: 2 x 4096, 8 warps", {"w2": (2, 4096, 8)}),
+    ("w2: 16 x 1024, 8 warps", {"w2": (16, 1024, 8)}),
+    ("w2: 8 x 1024, 4 warps", {"w2": (8, 1024, 4)}),
+    ("attention: 16 positions a tile", {"attention": (16, 1, 4)}),
+    ("attention: 64 positions a tile", {"attention": (64, 1, 4)}),
+    ("attention: 8 warps", {"attention": (32, 1, 8)}),
+    ("attention: 2 programs per SM", {"attention": (32, 2, 4)}),
+    ("attention: 16 a tile, 2 per SM, 8 warps", {"attention": (16, 2, 8)}),
 ]
+ATTENTION = ("DECODE_BLOCK_S", "SPLIT_PER_SM", "DECODE_WARPS")
 
 
 def roles(model) -> dict:
@@ -64,25 +73,30 @@ def sweep(dev, shape: str, bandwidth: float) -> None:
         model._step(model._decode)
         model._pick("argmax")
     runners, shipped = [], linear._gemv_config
+    shipped_attention = [getattr(attention, name) for name in ATTENTION]
     try:
-        for label, over in VARIANTS:
+        for label, over in VARIANTS:              # the settings are read at capture
             linear._gemv_config = overriding(shipped, names, over)
-            runners.append((label, replayed(dev, step)))      # the config is read at capture
+            for name, value in zip(ATTENTION, over.get("attention", shipped_attention)):
+                setattr(attention, name, value)
+            runners.append((label, replayed(dev, step)))
     finally:
         linear._gemv_config = shipped
+        for name, value in zip(ATTENTION, shipped_attention):
+            setattr(attention, name, value)
     times = {label: [] for label, _ in runners}
     for _ in range(2):
         for label, run in runners:
             times[label].append(median_us(run, max(20, int(60_000 / floor))))
     for label, (first, second) in times.items():
-        print(f"{shape:15s} {label:38s} {first:8.1f} {second:8.1f} us  "
+        print(f"{shape:15s} {label:40s} {first:8.1f} {second:8.1f} us  "
               f"{100 * floor / min(first, second):5.1f}% of the floor ({floor:.1f} us)",
               flush=True)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("shapes", nargs="*", default=["llama2-7b", "tinyllama-1.1b"])
+    p.add_argument("shapes", nargs="*", default=["llama2-7b", "tinyllama-1.1b", "llama3.2-1b"])
     args = p.parse_args(argv)
     dev, bandwidth = cuda_triton_and_bandwidth()
     for shape in args.shapes:
