@@ -9,11 +9,8 @@ is the ceiling of a chain of one GEMV kernel per weight matrix.
 """
 from __future__ import annotations
 
-import argparse
-
-import torch
-
-from timing import cuda_triton_and_bandwidth, floor_us, median_us, model_after_prompt, replayed
+from timing import (floor_us, for_each_shape, greedy_step, median_us, model_after_prompt,
+                    replayed, shape_parser)
 
 
 def step_us(device, step, replays: int) -> float:
@@ -24,10 +21,7 @@ def ablate(dev, shape: str, bandwidth: float) -> None:
     model = model_after_prompt(dev, shape)
     floor = floor_us(model, bandwidth)
     kernels = vars(model.k).copy()
-
-    def step():
-        model._step(model._decode)
-        model._pick("argmax")
+    step = greedy_step(model)
 
     def skip(*args):
         pass
@@ -44,13 +38,8 @@ def ablate(dev, shape: str, bandwidth: float) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("shapes", nargs="*", default=["tinyllama-1.1b", "llama2-7b"])
-    args = p.parse_args(argv)
-    dev, bandwidth = cuda_triton_and_bandwidth()
-    for shape in args.shapes:
-        ablate(dev, shape, bandwidth)
-        torch.cuda.empty_cache()
+    args = shape_parser(__doc__, ["tinyllama-1.1b", "llama2-7b"]).parse_args(argv)
+    for_each_shape(args.shapes, ablate)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,6 @@ the pass's stages spend their time.
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 import triton
@@ -40,7 +38,7 @@ from polyllama.bench import SHAPES
 from decode_ablation import step_us
 from tma_ring_chain import (end_stage, load_tile, next_row_block, ring_buffers, row_block_sums,
                             stage_input, stamp, take_slot, wait_stage, weight_stage)
-from timing import cuda_triton_and_bandwidth, floor_us, model_after_prompt
+from timing import floor_us, for_each_shape, greedy_step, model_after_prompt, shape_parser
 
 BK = 256            # tile width: a K chunk of 256 weights
 BN = 16             # rows per tile and per row block
@@ -492,10 +490,7 @@ def compare(dev, shape: str, bandwidth: float, timeline: bool) -> None:
     floor = floor_us(model, bandwidth)
     ids, pos, logits = model.decode_ws.ids.native, model.pos.native, model.logits.native
     one = OneKernelPass(model)
-
-    def composed():
-        model._step(model._decode)
-        model._pick("argmax")
+    composed = greedy_step(model)
 
     def one_kernel():
         one(logits, ids, pos)
@@ -529,15 +524,12 @@ def compare(dev, shape: str, bandwidth: float, timeline: bool) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("shapes", nargs="*", default=["tinyllama-1.1b"])
+    p = shape_parser(__doc__, ["tinyllama-1.1b"])
     p.add_argument("--timeline", action="store_true",
                    help="also time each stage's parts (global-timer stamps)")
     args = p.parse_args(argv)
-    dev, bandwidth = cuda_triton_and_bandwidth()
-    for shape in args.shapes:
-        compare(dev, shape, bandwidth, args.timeline)
-        torch.cuda.empty_cache()
+    for_each_shape(args.shapes, lambda dev, shape, bandwidth:
+                   compare(dev, shape, bandwidth, args.timeline))
 
 
 if __name__ == "__main__":

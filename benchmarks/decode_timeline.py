@@ -12,7 +12,6 @@ whose increment exceeds that time shows a link that costs streaming time.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -21,7 +20,8 @@ import tempfile
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from timing import cuda_triton_and_bandwidth, median_us, model_after_prompt, replayed
+from timing import (for_each_shape, greedy_step, median_us, model_after_prompt, replayed,
+                    shape_parser)
 
 REPLAYS = 4          # profiled replays; the second-to-last one is read
 
@@ -56,10 +56,7 @@ def roles(names: list[str], n_layers: int) -> list[str]:
 
 def timeline(dev, shape: str, bandwidth: float, quant: str | None) -> None:
     model = model_after_prompt(dev, shape, quant)
-
-    def step():
-        model._step(model._decode)
-        model._pick("argmax")
+    step = greedy_step(model)
 
     run = replayed(dev, step)
     step_us = median_us(run, 50)
@@ -92,14 +89,11 @@ def timeline(dev, shape: str, bandwidth: float, quant: str | None) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("shapes", nargs="*", default=["tinyllama-1.1b", "llama2-7b"])
+    p = shape_parser(__doc__, ["tinyllama-1.1b", "llama2-7b"])
     p.add_argument("--quant", choices=["int8"], default=None)
     args = p.parse_args(argv)
-    dev, bandwidth = cuda_triton_and_bandwidth()
-    for shape in args.shapes:
-        timeline(dev, shape, bandwidth, args.quant)
-        torch.cuda.empty_cache()
+    for_each_shape(args.shapes, lambda dev, shape, bandwidth:
+                   timeline(dev, shape, bandwidth, args.quant))
 
 
 if __name__ == "__main__":

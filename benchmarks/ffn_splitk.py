@@ -18,15 +18,14 @@ streaming alone). Logits are checked against the chain's (bf16 activations: ~2e-
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from polyllama.plugins.cuda_triton.kernels import pdl_start
-from timing import cuda_triton_and_bandwidth, floor_us, median_us, model_after_prompt, replayed
+from timing import (floor_us, for_each_shape, greedy_step, median_us, model_after_prompt,
+                    replayed, shape_parser)
 
 ATOMIC, RED_V4, NO_OUTPUT = "atomic_add", "red.v4", "no output"
 
@@ -116,11 +115,7 @@ def compare(dev, shape: str, bandwidth: float) -> None:
     model = model_after_prompt(dev, shape)
     floor = floor_us(model, bandwidth)
     fused = FusedFfnStep(model)
-
-    def chain():
-        model._step(model._decode)
-        model._pick("argmax")
-    variants = [("chain (shipped)", chain)]
+    variants = [("chain (shipped)", greedy_step(model))]
     for R, warps, add in ((8, 8, ATOMIC), (4, 8, ATOMIC), (2, 4, ATOMIC), (8, 8, RED_V4),
                           (4, 8, RED_V4), (8, 8, NO_OUTPUT), (4, 8, NO_OUTPUT)):
         code = (ATOMIC, RED_V4, NO_OUTPUT).index(add)
@@ -141,13 +136,8 @@ def compare(dev, shape: str, bandwidth: float) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("shapes", nargs="*", default=["tinyllama-1.1b"])
-    args = p.parse_args(argv)
-    dev, bandwidth = cuda_triton_and_bandwidth()
-    for shape in args.shapes:
-        compare(dev, shape, bandwidth)
-        torch.cuda.empty_cache()
+    args = shape_parser(__doc__, ["tinyllama-1.1b"]).parse_args(argv)
+    for_each_shape(args.shapes, compare)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ are compared with the first. Then the prefill GEMMs of those shapes against cuBL
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -21,7 +20,7 @@ from polyllama.bench import SHAPES, _flops_per_prefill, random_checkpoint, rando
 from polyllama.model import Model
 from polyllama.ops import DENSE, Weight
 from polyllama.plugins.cuda_triton import linear
-from timing import cuda_triton_and_bandwidth, graph_us
+from timing import cuda_triton_and_bandwidth, graph_us, shape_parser
 
 VARIANTS = [("launched", "1", True), ("replayed", "0", True),      # (name, NO_GRAPH, TMA GEMM)
             ("replayed, pointer GEMM", "0", False)]
@@ -81,8 +80,7 @@ def gemms(shape: str, rows: int) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("shapes", nargs="*", default=["tinyllama-1.1b", "llama2-7b"])
+    p = shape_parser(__doc__, ["tinyllama-1.1b", "llama2-7b"])
     p.add_argument("--lengths", default="512,100,20", help="prompt lengths, comma-separated")
     args = p.parse_args(argv)
     dev, _ = cuda_triton_and_bandwidth()

@@ -9,11 +9,7 @@ search the whole vocabulary: the worst case.
 """
 from __future__ import annotations
 
-import argparse
-
-import torch
-
-from timing import cuda_triton_and_bandwidth, median_us, model_after_prompt, replayed
+from timing import for_each_shape, median_us, model_after_prompt, replayed, shape_parser
 
 SETTINGS = [("greedy", None),
             ("defaults (0.8, top-k 40, top-p 0.95, min-p 0.05)", (0.8, 40, 0.95, 0.05)),
@@ -38,13 +34,8 @@ def measure(dev, shape: str) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("shapes", nargs="*", default=["tinyllama-1.1b", "llama3.2-1b"])
-    args = p.parse_args(argv)
-    dev, _ = cuda_triton_and_bandwidth()
-    for shape in args.shapes:
-        measure(dev, shape)
-        torch.cuda.empty_cache()
+    args = shape_parser(__doc__, ["tinyllama-1.1b", "llama3.2-1b"]).parse_args(argv)
+    for_each_shape(args.shapes, lambda dev, shape, _bandwidth: measure(dev, shape))
 
 
 if __name__ == "__main__":

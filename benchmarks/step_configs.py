@@ -11,12 +11,9 @@ replayed as a CUDA graph; every variant is timed twice, interleaved, in one proc
 """
 from __future__ import annotations
 
-import argparse
-
-import torch
-
 from polyllama.plugins.cuda_triton import attention, linear
-from timing import cuda_triton_and_bandwidth, floor_us, median_us, model_after_prompt, replayed
+from timing import (floor_us, for_each_shape, greedy_step, median_us, model_after_prompt,
+                    replayed, shape_parser)
 
 WHOLE_ROWS = ("qkv", "o", "w13", "classifier")         # K <= 4096 in these shapes
 VARIANTS = [
@@ -68,10 +65,7 @@ def sweep(dev, shape: str, bandwidth: float) -> None:
     model = model_after_prompt(dev, shape)
     floor = floor_us(model, bandwidth)
     names = roles(model)
-
-    def step():
-        model._step(model._decode)
-        model._pick("argmax")
+    step = greedy_step(model)
     runners, shipped = [], linear._gemv_config
     shipped_attention = [getattr(attention, name) for name in ATTENTION]
     try:
@@ -95,13 +89,8 @@ def sweep(dev, shape: str, bandwidth: float) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("shapes", nargs="*", default=["llama2-7b", "tinyllama-1.1b", "llama3.2-1b"])
-    args = p.parse_args(argv)
-    dev, bandwidth = cuda_triton_and_bandwidth()
-    for shape in args.shapes:
-        sweep(dev, shape, bandwidth)
-        torch.cuda.empty_cache()
+    args = shape_parser(__doc__, ["llama2-7b", "tinyllama-1.1b", "llama3.2-1b"]).parse_args(argv)
+    for_each_shape(args.shapes, sweep)
 
 
 if __name__ == "__main__":

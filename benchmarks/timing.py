@@ -2,6 +2,7 @@
 step replayed as a CUDA graph."""
 from __future__ import annotations
 
+import argparse
 import statistics
 
 import torch
@@ -20,6 +21,23 @@ def cuda_triton_and_bandwidth():
     bandwidth = dev.measure_bandwidth()
     print(f"{dev.name()}: copy bandwidth {bandwidth / 1e12:.3f} TB/s")
     return dev, bandwidth
+
+
+def shape_parser(doc: str, defaults: list[str]) -> argparse.ArgumentParser:
+    """A script's argument parser (its docstring's first line as the description) taking
+    model shapes as positional arguments."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("shapes", nargs="*", default=defaults)
+    return p
+
+
+def for_each_shape(shapes, measure) -> None:
+    """measure(device, shape, copy bandwidth) for each shape on cuda:triton, freeing the
+    cached device memory of one shape's model before the next."""
+    dev, bandwidth = cuda_triton_and_bandwidth()
+    for shape in shapes:
+        measure(dev, shape, bandwidth)
+        torch.cuda.empty_cache()
 
 
 def median_us(run, replays: int = 20, batches: int = 7) -> float:
@@ -56,6 +74,15 @@ def model_after_prompt(dev, shape: str, quant: str | None = None) -> Model:
     model._set_pos(PROMPT)
     model.set_token(3)
     return model
+
+
+def greedy_step(model):
+    """The decode step these scripts time: a forward pass at the set position, then the
+    argmax pick on the device (the token the next step reads)."""
+    def step():
+        model._step(model._decode)
+        model._pick("argmax")
+    return step
 
 
 def replayed(dev, step):
