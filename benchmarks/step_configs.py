@@ -11,6 +11,8 @@ replayed as a CUDA graph; every variant is timed twice, interleaved, in one proc
 """
 from __future__ import annotations
 
+import triton
+
 from polyllama.plugins.cuda_triton import attention, linear
 from timing import (floor_us, for_each_shape, greedy_step, median_us, model_after_prompt,
                     replayed, shape_parser)
@@ -57,7 +59,7 @@ def overriding(shipped, names: dict, over: dict):
         if name not in over:
             return shipped(N, K)
         rows, tile, warps = over[name]
-        return rows, tile or 1 << (K - 1).bit_length(), warps
+        return rows, tile or triton.next_power_of_2(K), warps
     return config
 
 

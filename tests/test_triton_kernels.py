@@ -33,7 +33,12 @@ TOL = {"float32": 1e-5, "bfloat16": 1.2e-2, "float16": 2e-3}
 
 @pytest.fixture(scope="module")
 def dev():
-    return TritonDevice(DeviceSpec("cuda", "triton", 0), 0)
+    """cuda:triton's device, made directly (get_device calls the backend unavailable without
+    CUDA, where these tests run under the interpreter), with the id get_device would give it:
+    Model.build looks its kernels up by that id."""
+    device = TritonDevice(DeviceSpec("cuda", "triton", 0), 0)
+    device.backend_id = "cuda_triton"
+    return device
 
 
 @pytest.fixture
@@ -382,7 +387,6 @@ def test_model_greedy_matches_transformers_fp32(dev, name):
     """Prefill, then decode steps (a replayed CUDA graph on a GPU), argmax on the device."""
     hf = refmodel.make_hf_model(name, seed=1)
     ckpt = refmodel.reference_checkpoint(hf)
-    dev.backend_id = "cuda_triton"
     model = Model.build(ckpt, dev, "float32")
     refmodel.assert_greedy_matches(model, hf, steps=12 if SMALL else 32)
 
@@ -396,7 +400,6 @@ def test_seeded_sampling_matches_cpu_numpy_fp32(dev, settings):
     ckpt = refmodel.reference_checkpoint(hf)
     params = SamplingParams(*settings, seed=7)
     want = list(TokenLoop(Model.build(ckpt, get_device("cpu:numpy")), params).run([1, 4, 9], 8))
-    dev.backend_id = "cuda_triton"
     got = list(TokenLoop(Model.build(ckpt, dev, "float32"), params).run([1, 4, 9], 8))
     assert got == want
 
@@ -407,7 +410,6 @@ def test_replayed_prefill_logits_match_transformers_fp32(dev, name, monkeypatch)
     """Prefills padded to a recorded length and replayed: lengths sharing a recording,
     chunked and continued prompts, and one near the end of the context (run eagerly)."""
     hf = refmodel.make_hf_model(name, seed=1)
-    dev.backend_id = "cuda_triton"
     monkeypatch.setattr(model_mod, "PREFILL_CHUNK", 24)
     model = Model.build(refmodel.reference_checkpoint(hf), dev, "float32", ctx=64)
     ids = np.random.default_rng(0).integers(0, hf.config.vocab_size, 60).tolist()
@@ -426,7 +428,6 @@ def test_replayed_prefill_logits_match_transformers_fp32(dev, name, monkeypatch)
 def test_model_int8_greedy_matches_transformers_on_int8_weights(dev, name):
     """--quant int8: q8_0 GEMVs and GEMMs through prefill and replayed decode steps."""
     hf = refmodel.make_hf_model(name, seed=1)
-    dev.backend_id = "cuda_triton"
     model = Model.build(refmodel.reference_checkpoint(hf), dev, "float32", quant="int8")
     assert model.fmt == "q8_0"
     refmodel.assert_greedy_matches(model, refmodel.int8_hf_model(name, seed=1),
