@@ -153,9 +153,10 @@ class Device(ABC):
         """Start memory()['peak'] again from what is in use now (e.g. between benchmarks)."""
 
     def read_async(self, tensor):
-        """Start copying a small tensor to the host; the returned callable waits for the copy
-        and returns it as numpy. An asynchronous device lets the host queue the next decode
-        step before it reads this step's token. The default copies at once."""
+        """Start copying a small tensor to the host, once the work queued so far has written
+        it; the returned callable waits for the copy and returns it as numpy. Work queued
+        after this call may run before the copy (an asynchronous device may copy beside it),
+        so it must leave the tensor alone. The default copies at once."""
         value = tensor.numpy()
         return lambda: value
 

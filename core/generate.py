@@ -107,7 +107,7 @@ class TokenLoop:
         pos = len(prompt_ids)
         # on an asynchronous device the next step is queued before this step's token is read,
         # so the device never waits for the host; a step queued past a stop is simply unused
-        ahead = mode != "logits" and m.device.asynchronous
+        ahead = mode != "logits" and m.reads_ahead()
         pending = None
         t_first = time.perf_counter()
         while True:
@@ -141,7 +141,7 @@ class TokenLoop:
         if mode == "sample":
             self.model.set_uniform(rng.random())
         self.model.decode(pos, pick=mode)
-        return self.model.device.read_async(self.model.decode_ws.ids)
+        return self.model.device.read_async(self.model.picked_id(pos))
 
     def _mode(self) -> str:
         p = self.params

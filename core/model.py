@@ -24,6 +24,7 @@ from .tensor import Tensor
 
 PREFILL_CHUNK = 512          # prompt tokens per prefill pass (bounds prefill scratch memory)
 PREFILL_ROWS = (16, 32, 64, 128, 256, 384)  # lengths replayed prefills pad to, or PREFILL_CHUNK
+PICKED_SLOTS = 8             # decode steps whose picked ids stay readable (the host runs 1 ahead)
 
 
 @dataclass
@@ -121,6 +122,8 @@ class Model:
         self.scale = 1.0 / float(np.sqrt(c.hd))
         self.kv_bytes = kv.buffer.nbytes
         self.pos = device.empty((1,), "int32")
+        self._device_pos = None              # what pos holds once queued work has run, if known
+        self.picked = device.empty((PICKED_SLOTS,), "int32") if self.advance_k else None
         self.logits = device.empty((1, c.vocab_size), dtype)
         self.decode_ws = Workspace(device, c, 1, dtype)
         self._decode = self.decode_ws.views(1)
@@ -145,6 +148,7 @@ class Model:
         self.linear_add_k, self.rmsnorm_linear_k = opt("linear_add"), opt("rmsnorm_linear")
         self.swiglu_k = opt("rmsnorm_swiglu")
         self.sample_k = reg.kernel(b, "sample") if reg.has_kernel(b, "sample") else None
+        self.advance_k = reg.kernel(b, "advance") if reg.has_kernel(b, "advance") else None
 
     def _upload(self, host, dtype=None):
         t = self.device.upload(np.asarray(host, dtype=np.float32) if dtype is None else host,
@@ -206,7 +210,12 @@ class Model:
             self.k.add(x, x, scratch)
 
     def _set_pos(self, pos: int) -> None:
-        self.device.allocator.copyin(self.pos, np.array([pos], dtype=np.int32))
+        """Make pos the position of the next queued step (no copy when a decode step's
+        advance already left it there)."""
+        if pos != self._device_pos:
+            self._device_pos = None
+            self.device.allocator.copyin(self.pos, np.array([pos], dtype=np.int32))
+            self._device_pos = pos
 
     def prefill(self, ids, pos: int = 0) -> None:
         """Run the prompt tokens ids (at positions pos..) through the model, in chunks;
@@ -259,8 +268,28 @@ class Model:
         runner = self._runners.get(pick)
         if runner is None:
             runner = self._runners[pick] = self.device.decode_runner(
-                lambda: (self._step(self._decode), self._pick(pick)))
+                lambda: (self._step(self._decode), self._pick(pick), self._advance()))
+        self._device_pos = None
         runner()
+        if self.advance_k is not None:
+            self._device_pos = pos + 1
+
+    def _advance(self) -> None:
+        if self.advance_k is not None:
+            self.advance_k(self.pos.native, self.decode_ws.ids.native, self.picked.native)
+
+    def picked_id(self, pos: int) -> Tensor:
+        """The device buffer holding the id that the decode step at pos picked. With the
+        advance op it is a slot later steps leave alone (see reads_ahead)."""
+        if self.advance_k is None:
+            return self.decode_ws.ids
+        return self.picked.narrow(0, pos % PICKED_SLOTS, 1)
+
+    def reads_ahead(self) -> bool:
+        """Whether the host may queue the next decode step before it reads this one's id:
+        the device runs asynchronously and the id waits in a slot the next step leaves
+        alone (Device.read_async may copy it while that step runs)."""
+        return self.device.asynchronous and self.advance_k is not None
 
     def set_token(self, token: int) -> None:
         self.device.allocator.copyin(self.decode_ws.ids, np.array([token], dtype=np.int32))

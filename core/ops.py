@@ -22,7 +22,8 @@ Required ops
   add(out[T,D], a[T,D], b[T,D])                      out = a + b   (out may alias a)
   argmax(out[T], logits[T,V])                        out[t] = index of the max of logits[t]
 
-Optional ops (the executor composes them from required ops when a backend lacks them)
+Optional ops (where a backend lacks one, the executor composes it from required ops, or
+the host does its work)
   rmsnorm_linear(out[T,N], x[T,K], weight[K], eps, w: Weight)    linear(rmsnorm(x))
   linear_add(out[T,N], x[T,K], w: Weight, residual[T,N])         out = residual + x @ W^T
                                                                  (out may alias residual)
@@ -32,6 +33,10 @@ Optional ops (the executor composes them from required ops when a backend lacks 
         params = (temperature, top_k, top_p, min_p) as float32; u ~ U[0,1) float32.
         Samples one token from softmax(logits / temperature) restricted by top-k, top-p,
         min-p, exactly as reference.sample does, so a decode step needs no host round-trip.
+  advance(pos[1], ids[1], picked[R])                 picked[pos[0] % R] = ids[0]; pos[0] += 1
+        Ends a replayed decode step: the next step finds its position without a copy from
+        the host, and the picked id waits in a slot that the next R - 1 steps leave alone,
+        so the host may read it while they run.
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from typing import Any
 
 REQUIRED_OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add",
                 "argmax")
-OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "rmsnorm_swiglu", "sample")
+OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "rmsnorm_swiglu", "sample", "advance")
 ALL_OPS = REQUIRED_OPS + OPTIONAL_OPS
 
 DENSE = "dense"        # weight format of an unquantized matrix in the compute dtype

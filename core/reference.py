@@ -73,6 +73,13 @@ def argmax(logits):
     return np.argmax(np.asarray(logits), axis=-1).astype(np.int32)
 
 
+def advance(pos, ids, picked):
+    """(next pos, picked with this step's id in slot pos % R)."""
+    picked = np.array(picked, dtype=np.int32)
+    picked[int(pos[0]) % len(picked)] = ids[0]
+    return np.array([pos[0] + 1], dtype=np.int32), picked
+
+
 def softmax(x):
     x = np.asarray(x, dtype=np.float64)
     e = np.exp(x - np.max(x, axis=-1, keepdims=True))

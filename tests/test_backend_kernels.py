@@ -249,6 +249,19 @@ def assert_cut_offs_unambiguous(logits, params):
     assert min_p <= 0.0 or np.abs(p / p[0] - min_p).min() > MARGIN
 
 
+def test_advance(backend, rng):
+    """The step's id lands in slot pos % R and pos moves on; the other slots keep theirs."""
+    fn = optional_kernel(backend, "advance")
+    picked = backend.upload(np.full(5, -1, dtype=np.int32))
+    for p in (0, 3, 12, 7, 2147483640):
+        pos = backend.upload(np.array([p], dtype=np.int32))
+        ids = backend.upload(rng.integers(0, 50000, 1).astype(np.int32))
+        want_pos, want = reference.advance([p], read(backend, ids), read(backend, picked))
+        fn(pos.native, ids.native, picked.native)
+        np.testing.assert_array_equal(read(backend, pos), want_pos, err_msg=f"pos {p}")
+        np.testing.assert_array_equal(read(backend, picked), want, err_msg=f"slots at pos {p}")
+
+
 @pytest.mark.parametrize("case", sorted(SAMPLING))
 def test_sample(backend, dtype, rng, case):
     fn = optional_kernel(backend, "sample")

@@ -391,6 +391,30 @@ def test_model_greedy_matches_transformers_fp32(dev, name):
     refmodel.assert_greedy_matches(model, hf, steps=12 if SMALL else 32)
 
 
+def test_decode_at_any_position_after_the_device_advanced_it(dev):
+    """A decode step leaves the next position on the device (the advance op), so the host
+    copies a position only when it differs: steps that repeat a position, go back, or follow
+    a prefill must still run where they are asked, with either pick."""
+    hf = refmodel.make_hf_model("gqa-tied", seed=1)
+    model = Model.build(refmodel.reference_checkpoint(hf), dev, "float32")
+    seq = list(refmodel.PROMPT)
+    model.prefill(seq, 0)
+    for pos, token, pick in [(7, 3, "argmax"), (8, 4, "logits"), (9, 1, "argmax"),
+                             (9, 6, "argmax"), (5, 2, "logits"), (6, 9, "argmax")]:
+        seq = seq[:pos] + [token]
+        model.decode(pos, token=token, pick=pick)
+        ref = refmodel.hf_logits(hf, seq)[-1]
+        got = model.read_logits()
+        assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref)), (pos, token, pick)
+        if pick == "argmax":
+            assert int(dev.read_async(model.picked_id(pos))()[0]) == int(np.argmax(got))
+    model.prefill([4, 8], 2)                  # a prefill, then the step right after it
+    seq = seq[:2] + [4, 8, 5]
+    model.decode(4, token=5)
+    ref = refmodel.hf_logits(hf, seq)[-1]
+    assert np.max(np.abs(model.read_logits() - ref)) <= 1e-4 * np.max(np.abs(ref))
+
+
 @pytest.mark.parametrize("settings", [(1.0, 0, 1.0, 0.0), (0.9, 0, 0.9, 0.0)])
 def test_seeded_sampling_matches_cpu_numpy_fp32(dev, settings):
     """Sampled decode steps (replayed CUDA graphs on a GPU) draw the tokens cpu:numpy draws

@@ -8,7 +8,7 @@ KERNELS = {
     "embedding": "kernels", "rmsnorm": "kernels", "rope": "kernels", "silu_mul": "kernels",
     "add": "kernels", "argmax": "sampling", "attention": "attention", "linear": "linear",
     "rmsnorm_linear": "linear", "linear_add": "linear", "rmsnorm_swiglu": "linear",
-    "sample": "sampling",
+    "sample": "sampling", "advance": "kernels",
 }
 FIX = "pip install 'polyllama[cuda-triton]'"
 

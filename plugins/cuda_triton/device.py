@@ -107,6 +107,7 @@ class TritonDevice(Device):
             torch.cuda.set_device(self.torch_device)
         super().__init__(spec, index)
         self.asynchronous = self.torch_device.type == "cuda"
+        self._reader = torch.cuda.Stream(self.torch_device) if self.asynchronous else None
 
     def make_allocator(self):
         return TritonAllocator(self.torch_device)
@@ -134,10 +135,15 @@ class TritonDevice(Device):
     def read_async(self, tensor):
         if not self.asynchronous:
             return super().read_async(tensor)
+        # on a stream of its own, so the next queued step need not wait for the copy
+        written = torch.cuda.Event()
+        written.record()
         host = torch.empty(tensor.shape, dtype=tensor.native.dtype, pin_memory=True)
-        host.copy_(tensor.native, non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        with torch.cuda.stream(self._reader):
+            self._reader.wait_event(written)
+            host.copy_(tensor.native, non_blocking=True)
+            done.record()
 
         def result():
             done.synchronize()

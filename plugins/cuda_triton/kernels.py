@@ -129,3 +129,16 @@ def add(out, a, b):
     T, N = out.shape
     launch(_add_kernel, (T, triton.cdiv(N, ROW_BLOCK)), out, a, b, N, out.stride(0),
            a.stride(0), b.stride(0), BLOCK=ROW_BLOCK, device=out.device)
+
+
+@triton.jit
+def _advance_kernel(pos_ptr, ids_ptr, picked_ptr, R, PDL: tl.constexpr):
+    pdl_start(PDL)
+    p = tl.load(pos_ptr)
+    tl.store(picked_ptr + p % R, tl.load(ids_ptr))
+    tl.store(pos_ptr, p + 1)
+
+
+def advance(pos, ids, picked):
+    launch(_advance_kernel, (1,), pos, ids, picked, picked.shape[0], device=pos.device,
+           num_warps=1)
