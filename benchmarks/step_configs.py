@@ -3,11 +3,13 @@
 `linear._gemv_config` picks (rows per program, values per tile, warps) from a matrix's shape
 alone, tuned on sweeps of single GEMVs. A variant overrides it for some of the step's
 matrices (qkv, o, w1|w3, w2, the classifier; a tile of None means whole rows), or sets the
-decode attention's positions per tile, (kv head, split) programs per multiprocessor and
-warps. The whole decode step (random weights, 512 tokens in the KV cache, argmax pick) is
+decode attention's positions per tile, (kv head, split) programs per multiprocessor, and
+warps with more programs than multiprocessors and with fewer. The whole decode step (random
+weights, 512 tokens in the KV cache unless --position says otherwise, argmax pick) is
 replayed as a CUDA graph; every variant is timed twice, interleaved, in one process.
 
     python benchmarks/step_configs.py llama2-7b tinyllama-1.1b llama3.2-1b
+    python benchmarks/step_configs.py llama3.2-1b --position 3000 --only attention
 """
 from __future__ import annotations
 
@@ -34,13 +36,14 @@ VARIANTS = [
     ("w2: 2 x 4096, 8 warps", {"w2": (2, 4096, 8)}),
     ("w2: 16 x 1024, 8 warps", {"w2": (16, 1024, 8)}),
     ("w2: 8 x 1024, 4 warps", {"w2": (8, 1024, 4)}),
-    ("attention: 16 positions a tile", {"attention": (16, 1, 4)}),
-    ("attention: 64 positions a tile", {"attention": (64, 1, 4)}),
-    ("attention: 8 warps", {"attention": (32, 1, 8)}),
-    ("attention: 2 programs per SM", {"attention": (32, 2, 4)}),
-    ("attention: 16 a tile, 2 per SM, 8 warps", {"attention": (16, 2, 8)}),
+    ("attention: 32 positions a tile, 4 warps (before)", {"attention": (32, 1, 4, 4)}),
+    ("attention: 16 positions a tile", {"attention": (16, 1, 4, 8)}),
+    ("attention: 128 positions a tile", {"attention": (128, 1, 4, 8)}),
+    ("attention: 4 warps always", {"attention": (64, 1, 4, 4)}),
+    ("attention: 8 warps always", {"attention": (64, 1, 8, 8)}),
+    ("attention: 2 programs per SM", {"attention": (64, 2, 4, 8)}),
 ]
-ATTENTION = ("DECODE_BLOCK_S", "SPLIT_PER_SM", "DECODE_WARPS")
+ATTENTION = ("DECODE_BLOCK_S", "SPLIT_PER_SM", "DECODE_WARPS", "FEW_PROGRAMS_WARPS")
 
 
 def roles(model) -> dict:
@@ -63,8 +66,8 @@ def overriding(shipped, names: dict, over: dict):
     return config
 
 
-def sweep(dev, shape: str, bandwidth: float) -> None:
-    model = model_after_prompt(dev, shape)
+def sweep(dev, shape: str, bandwidth: float, position: int, only: str) -> None:
+    model = model_after_prompt(dev, shape, prompt=position)
     floor = floor_us(model, bandwidth)
     names = roles(model)
     step = greedy_step(model)
@@ -72,6 +75,8 @@ def sweep(dev, shape: str, bandwidth: float) -> None:
     shipped_attention = [getattr(attention, name) for name in ATTENTION]
     try:
         for label, over in VARIANTS:              # the settings are read at capture
+            if only not in label and label != "shipped":
+                continue
             linear._gemv_config = overriding(shipped, names, over)
             for name, value in zip(ATTENTION, over.get("attention", shipped_attention)):
                 setattr(attention, name, value)
@@ -85,14 +90,18 @@ def sweep(dev, shape: str, bandwidth: float) -> None:
         for label, run in runners:
             times[label].append(median_us(run, max(20, int(60_000 / floor))))
     for label, (first, second) in times.items():
-        print(f"{shape:15s} {label:40s} {first:8.1f} {second:8.1f} us  "
+        print(f"{shape:15s} @{position:<5d} {label:40s} {first:8.1f} {second:8.1f} us  "
               f"{100 * floor / min(first, second):5.1f}% of the floor ({floor:.1f} us)",
               flush=True)
 
 
 def main(argv=None) -> None:
-    args = shape_parser(__doc__, ["llama2-7b", "tinyllama-1.1b", "llama3.2-1b"]).parse_args(argv)
-    for_each_shape(args.shapes, sweep)
+    p = shape_parser(__doc__, ["llama2-7b", "tinyllama-1.1b", "llama3.2-1b"])
+    p.add_argument("--position", type=int, default=512, help="tokens in the KV cache")
+    p.add_argument("--only", default="", help="only the variants whose label has this")
+    args = p.parse_args(argv)
+    for_each_shape(args.shapes, lambda dev, shape, bandwidth: sweep(
+        dev, shape, bandwidth, args.position, args.only))
 
 
 if __name__ == "__main__":

@@ -65,13 +65,14 @@ def graph_us(fn, replays=20, batches=7) -> float:
     return median_us(g.replay, replays, batches)
 
 
-def model_after_prompt(dev, shape: str, quant: str | None = None) -> Model:
-    """A model of the named shape on random weights, PROMPT tokens in its KV cache, set for
-    the decode step at position PROMPT."""
+def model_after_prompt(dev, shape: str, quant: str | None = None,
+                       prompt: int = PROMPT) -> Model:
+    """A model of the named shape on random weights, `prompt` tokens in its KV cache, set
+    for the decode step at that position."""
     c = SHAPES[shape]
-    model = Model.build(random_checkpoint(c), dev, ctx=1024, quant=quant)
-    model.prefill(random_prompt(c, PROMPT), 0)
-    model._set_pos(PROMPT)
+    model = Model.build(random_checkpoint(c), dev, ctx=max(1024, prompt + 512), quant=quant)
+    model.prefill(random_prompt(c, prompt), 0)
+    model._set_pos(prompt)
     model.set_token(3)
     return model
 

@@ -16,13 +16,13 @@ import triton
 import triton.language as tl
 
 from .device import interpreting, multiprocessors, pdl_enabled
-from .kernels import pdl_start
+from .kernels import LOG2E, pdl_start
 
-LOG2E = 1.4426950408889634
 SPLIT_PER_SM = 1
 MERGE_ROWS = 256          # query heads x splits one merging program holds
-DECODE_BLOCK_S = 32       # cached positions per tile of a decode program
+DECODE_BLOCK_S = 64       # cached positions per tile of a decode program
 DECODE_WARPS = 4
+FEW_PROGRAMS_WARPS = 8    # when the (kv head, split) programs are no more than the SMs
 _workspaces: dict = {}      # per (device, shape); never freed, so graphs may hold them
 
 
@@ -197,6 +197,13 @@ def _n_split(device, KV, S, G, block_s):
     return max(1, min(want, longest, MERGE_ROWS // triton.next_power_of_2(G)))
 
 
+def _decode_warps(device, programs):
+    """Warps per decode program. With few kv heads (TinyLlama's 4) there are fewer programs
+    than multiprocessors, and 8 warps finish each one sooner; with more, 8 warps cost
+    (Llama-2-7B's step +2%, Llama-3.2-1B's at 2,000 positions; docs/perf-notes.md)."""
+    return FEW_PROGRAMS_WARPS if programs <= multiprocessors(device) else DECODE_WARPS
+
+
 def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     T, H, hd = q.shape
     S, KV, _ = k_cache.shape
@@ -204,7 +211,7 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     assert q.stride(2) == k.stride(2) == v.stride(2) == out.stride(2) == 1
     assert k_cache.is_contiguous() and v_cache.is_contiguous()
     block_d = max(16, triton.next_power_of_2(hd))
-    qk_scale = float(scale) * LOG2E
+    qk_scale = float(scale) * LOG2E.value
     pdl = dict(PDL=pdl_enabled(q.device), launch_pdl=pdl_enabled(q.device))
     fp32 = q.element_size() == 4
     dot = dict(PRECISION="ieee" if fp32 else "tf32", DOT_F32=interpreting())
@@ -218,7 +225,7 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
             out, part, cnt, q, k, v, k_cache, v_cache, pos, qk_scale, q.stride(1), k.stride(1),
             out.stride(1), s_c, G=G, HD=hd, N_SPLIT=n_split, BLOCK_G=block_g,
             MERGE_G=triton.next_power_of_2(G), BLOCK_S=block_s, BLOCK_D=block_d,
-            num_warps=DECODE_WARPS, **dot, **pdl)
+            num_warps=_decode_warps(q.device, KV * n_split), **dot, **pdl)
         return
     _cache_write_kernel[(T,)](k_cache, v_cache, k, v, pos, KV, k.stride(0), k.stride(1),
                               v.stride(0), v.stride(1), s_c, HD=hd,

@@ -13,6 +13,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from .device import pdl_enabled
 
 ROW_BLOCK = 1024         # columns per program of the element-wise kernels
+LOG2E = tl.constexpr(1.4426950408889634)      # softmaxes run on exp2: e^x = 2^(x log2 e)
 
 
 @triton.jit

@@ -31,9 +31,8 @@ import triton
 import triton.language as tl
 
 from .device import interpreting, multiprocessors, pdl_enabled
-from .kernels import pdl_start
+from .kernels import LOG2E, pdl_start
 
-LOG2E = tl.constexpr(1.4426950408889634)
 CHUNK = 4096              # logits per program
 CANDIDATES = 64           # keys each chunk hands to the sampling merge
 SORTED = 512              # of those, the most the merge sorts
@@ -179,7 +178,7 @@ def _search_pass(x_ptr, st_ptr, fl_ptr, part_ptr, cnt_ptr, out_ptr, coef, top_k,
         above = tl.load(fl_ptr, volatile=True)
         need = tl.load(fl_ptr + 1, volatile=True)
         if j == 0:                            # the tokens this search ranks: all of them
-            above = above * 0.0
+            above = tl.full([], 0.0, tl.float64)
             frac = tl.where(search == 1, top_p, u).to(tl.float64)
             need = tl.where(search == 0, top_k.to(tl.float64), frac * tl.sum(got, axis=0))
         # the prefix weight down to each digit value: with what the settled digits rank
@@ -286,7 +285,7 @@ def _merge_sample(x_ptr, params_ptr, u_ptr, cand_ptr, part_ptr, V, P, IDB: tl.co
     floor = tl.max(tl.min(handed, axis=1), axis=0)   # every key from here up was handed
     handed = tl.reshape(handed, [P2 * CAND])
     tok = _token(tl.max(handed, axis=0), IDB)
-    lmax = tl.load(part_ptr) * 0.0
+    lmax = tl.full([], 0.0, tl.float32)          # the largest logit, when temp > 0 needs it
     if temp > 0:
         known = (handed >= floor) & (handed >= 0)
         if tl.sum(known.to(tl.int32), axis=0) > SORTED:  # keep the SORTED largest of them
