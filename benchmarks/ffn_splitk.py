@@ -18,14 +18,13 @@ streaming alone). Logits are checked against the chain's (bf16 activations: ~2e-
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from polyllama.plugins.cuda_triton.kernels import pdl_start
 from timing import (floor_us, for_each_shape, greedy_step, median_us, model_after_prompt,
-                    replayed, shape_parser)
+                    replayed_against_first, shape_parser)
 
 ATOMIC, RED_V4, NO_OUTPUT = "atomic_add", "red.v4", "no output"
 
@@ -121,14 +120,7 @@ def compare(dev, shape: str, bandwidth: float) -> None:
         code = (ATOMIC, RED_V4, NO_OUTPUT).index(add)
         variants.append((f"one FFN kernel, R {R}, {warps} warps, {add}",
                          lambda R=R, warps=warps, code=code: fused(R, warps, code)))
-    runners, want = [], None
-    for name, step in variants:
-        run = replayed(dev, step)
-        model.set_token(3)                 # the pick changed it: every variant sees token 3
-        run()
-        logits = model.logits.native.float().cpu().numpy()
-        want = logits if want is None else want
-        runners.append((name, run, np.abs(logits - want).max() / np.abs(want).max()))
+    runners = replayed_against_first(dev, model, variants)
     for name, run, err in runners:
         us = median_us(run, 50)
         print(f"{shape:15s} {name:42s} {us:8.1f} us  {100 * floor / us:5.1f}% of the floor "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
+import numpy as np
 import torch
 
 from polyllama import get_device
@@ -94,6 +95,21 @@ def replayed(dev, step):
     run()
     torch.cuda.synchronize()
     return run
+
+
+def replayed_against_first(dev, model, variants) -> list:
+    """(name, replay, logits error) per (name, step) of variants: each step recorded as a
+    CUDA graph and replayed once on token 3, its logits set against the first variant's
+    (relative to their largest)."""
+    runners, want = [], None
+    for name, step in variants:
+        run = replayed(dev, step)
+        model.set_token(3)                 # the pick changed it: every variant sees token 3
+        run()
+        logits = model.logits.native.float().cpu().numpy()
+        want = logits if want is None else want
+        runners.append((name, run, float(np.abs(logits - want).max() / np.abs(want).max())))
+    return runners
 
 
 def floor_us(model, bandwidth: float) -> float:
