@@ -131,9 +131,10 @@ def run_bench(shape: str | LlamaConfig, device: str = "auto", dtype: str | None 
         return time.perf_counter() - t0
 
     def decode() -> tuple[float, list]:
-        """gen tokens after a prefill through the engine's own token loop (greedy)."""
+        """gen tokens through the engine's own token loop (greedy), after prefill(): the loop
+        reuses its cache and computes only the prompt's last token."""
         loop = TokenLoop(model, SamplingParams(temperature=0))
-        toks = list(loop.run(prompt, gen + 1))
+        toks = list(loop.run(prompt, gen + 1, reuse=prompt_len - 1))
         return loop.stats.decode_s, toks
 
     prefill()                                  # warm-up: compiles, captures the decode graph
