@@ -90,7 +90,7 @@ def sweep(dev, shape: str, bandwidth: float, position: int, only: str) -> None:
         for label, run in runners:
             times[label].append(median_us(run, max(20, int(60_000 / floor))))
     for label, (first, second) in times.items():
-        print(f"{shape:15s} @{position:<5d} {label:40s} {first:8.1f} {second:8.1f} us  "
+        print(f"{shape:15s} @{position:<5d} {label:48s} {first:8.1f} {second:8.1f} us  "
               f"{100 * floor / min(first, second):5.1f}% of the floor ({floor:.1f} us)",
               flush=True)
 

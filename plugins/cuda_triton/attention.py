@@ -200,7 +200,8 @@ def _n_split(device, KV, S, G, block_s):
 def _decode_warps(device, programs):
     """Warps per decode program. With few kv heads (TinyLlama's 4) there are fewer programs
     than multiprocessors, and 8 warps finish each one sooner; with more, 8 warps cost
-    (Llama-2-7B's step +2%, Llama-3.2-1B's at 2,000 positions; docs/perf-notes.md)."""
+    (Llama-2-7B's step +1.8%, Llama-3.2-1B's +1.6% at 2,000 positions; perf-notes
+    attempt 23)."""
     return FEW_PROGRAMS_WARPS if programs <= multiprocessors(device) else DECODE_WARPS
 
 
@@ -240,4 +241,3 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
         out, q, k_cache, v_cache, pos, T, qk_scale, q.stride(0), q.stride(1), out.stride(0),
         out.stride(1), s_c, G=G, HD=hd, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d,
         num_warps=warps, num_stages=stages, **dot, **pdl)
-
