@@ -10,6 +10,7 @@ replayed as a CUDA graph; every variant is timed twice, interleaved, in one proc
 
     python benchmarks/step_configs.py llama2-7b tinyllama-1.1b llama3.2-1b
     python benchmarks/step_configs.py llama3.2-1b --position 3000 --only attention
+    python benchmarks/step_configs.py tinyllama-1.1b llama2-7b --quant int8
 """
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ VARIANTS = [
     ("attention: 2 programs per SM", {"attention": (64, 2, 4, 8)}),
 ]
 ATTENTION = ("DECODE_BLOCK_S", "SPLIT_PER_SM", "DECODE_WARPS", "FEW_PROGRAMS_WARPS")
+EVERY_MATRIX = ("qkv", "o", "w13", "w2", "classifier")
+Q8_VARIANTS = [             # with --quant int8: the q8_0 GEMV's (rows, tile, warps)
+    ("shipped", {}),
+] + [(f"q8: {rows} x {tile or 'whole rows'}, {warps} warps",
+      {r: (rows, tile, warps) for r in EVERY_MATRIX})
+     for rows, tile, warps in ((2, 2048, 4), (8, 2048, 8), (4, 2048, 8), (8, 1024, 4),
+                               (4, 1024, 4), (16, 1024, 8), (2, None, 4), (4, None, 8))] + [
+    ("q8 w2: 8 x 1024, 8 warps", {"w2": (8, 1024, 8)}),
+]
 
 
 def roles(model) -> dict:
@@ -56,33 +66,36 @@ def roles(model) -> dict:
 
 
 def overriding(shipped, names: dict, over: dict):
-    """A _gemv_config that answers `over` for the matrices it names, else as shipped."""
-    def config(N, K):
+    """A _gemv_config (or _gemv_q8_config) that answers `over` for the matrices it names,
+    else as shipped."""
+    def config(N, K, *group):
         name = names.get((N, K))
         if name not in over:
-            return shipped(N, K)
+            return shipped(N, K, *group)
         rows, tile, warps = over[name]
         return rows, tile or triton.next_power_of_2(K), warps
     return config
 
 
-def sweep(dev, shape: str, bandwidth: float, position: int, only: str) -> None:
-    model = model_after_prompt(dev, shape, prompt=position)
+def sweep(dev, shape: str, bandwidth: float, position: int, only: str,
+          quant: str | None) -> None:
+    model = model_after_prompt(dev, shape, quant, prompt=position)
     floor = floor_us(model, bandwidth)
     names = roles(model)
     step = greedy_step(model)
-    runners, shipped = [], linear._gemv_config
+    config = "_gemv_q8_config" if quant else "_gemv_config"
+    runners, shipped = [], getattr(linear, config)
     shipped_attention = [getattr(attention, name) for name in ATTENTION]
     try:
-        for label, over in VARIANTS:              # the settings are read at capture
+        for label, over in Q8_VARIANTS if quant else VARIANTS:   # read at capture
             if only not in label and label != "shipped":
                 continue
-            linear._gemv_config = overriding(shipped, names, over)
+            setattr(linear, config, overriding(shipped, names, over))
             for name, value in zip(ATTENTION, over.get("attention", shipped_attention)):
                 setattr(attention, name, value)
             runners.append((label, replayed(dev, step)))
     finally:
-        linear._gemv_config = shipped
+        setattr(linear, config, shipped)
         for name, value in zip(ATTENTION, shipped_attention):
             setattr(attention, name, value)
     times = {label: [] for label, _ in runners}
@@ -99,9 +112,10 @@ def main(argv=None) -> None:
     p = shape_parser(__doc__, ["llama2-7b", "tinyllama-1.1b", "llama3.2-1b"])
     p.add_argument("--position", type=int, default=512, help="tokens in the KV cache")
     p.add_argument("--only", default="", help="only the variants whose label has this")
+    p.add_argument("--quant", choices=["int8"], help="sweep the q8_0 GEMV's settings instead")
     args = p.parse_args(argv)
     for_each_shape(args.shapes, lambda dev, shape, bandwidth: sweep(
-        dev, shape, bandwidth, args.position, args.only))
+        dev, shape, bandwidth, args.position, args.only, args.quant))
 
 
 if __name__ == "__main__":

@@ -116,14 +116,14 @@ def main() -> None:
         nbytes = N * K + N * K // GROUP * 4
         ref = (qs[-1].double() * ss[-1].double().repeat_interleave(GROUP, dim=1)) @ \
             x[0].double()
-        bn, bk = linear._gemv_q8_config(K, GROUP)
+        bn, bk, q8_warps = linear._gemv_q8_config(N, K, GROUP)
 
         def triton_chain():
             for q, s in zip(qs, ss):
                 linear._gemv_q8_kernel[(triton.cdiv(N, bn),)](
                     out, x, q, s, x, out, N, K, q.stride(0), s.stride(0), 1e-5, NORM=False,
                     ADD=False, SWIGLU=False, GROUP=GROUP, BLOCK_N=bn, BLOCK_K=bk, PDL=True,
-                    num_warps=4, launch_pdl=True)
+                    num_warps=q8_warps, launch_pdl=True)
 
         variants = [("cuda:triton q8_0 GEMV", triton_chain)]
         for rows, ns, warps in ((32, 8, 4), (64, 4, 8), (16, 12, 4)):
