@@ -27,8 +27,8 @@ import triton.language as tl
 
 from polyllama.plugins.cuda_triton.device import pdl_enabled
 from polyllama.plugins.cuda_triton.kernels import pdl_start
-from timing import (floor_us, for_each_shape, greedy_step, median_us, model_after_prompt,
-                    replayed_against_first, shape_parser)
+from timing import (floor_us, for_each_shape, greedy_step, interleaved_us,
+                    model_after_prompt, replayed_against_first, shape_parser)
 
 
 @triton.jit
@@ -83,8 +83,8 @@ class PipelinedFfnStep:
         self.acc = torch.zeros((model.config.dim,), dtype=torch.float32,
                                device=model.logits.native.device)
 
-    def ffn(self, L, C, bn2, bk2, warps):
-        a, c = self.model._decode, self.model.config
+    def ffn(self, L, a, C, bn2, bk2, warps):
+        c = self.model.config
         D, F = c.dim, c.hidden_dim
         bounds = [F * i // C for i in range(C + 1)]
         w13, w2 = L.w13.parts["w"], L.w2.parts["w"]
@@ -104,17 +104,12 @@ class PipelinedFfnStep:
                 PDL=pdl, launch_pdl=pdl, num_warps=warps)
 
     def __call__(self, C, bn2, bk2, warps):
-        m, a = self.model, self.model._decode
-        k, pos = m.k, m.pos.native
-        k.embedding(a.x, m.tok_embeddings, a.ids)
-        for L in m.layers:
-            m._norm_linear(a.qkv, a.x, L.attn_norm, L.wqkv, a.h)
-            k.rope(a.q, a.k, pos, m.cos, m.sin)
-            k.attention(a.attn3, a.q, a.k, a.v, L.k_cache, L.v_cache, pos, m.scale)
-            m._linear_add(a.x, a.attn, L.wo, a.tmp)
-            self.ffn(L, C, bn2, bk2, warps)
-        m._classify(a)
-        m._pick("argmax")
+        """The greedy decode step with the executor's FFN swapped for this one."""
+        self.model._ffn = lambda L, a: self.ffn(L, a, C, bn2, bk2, warps)
+        try:
+            greedy_step(self.model)()
+        finally:
+            del self.model._ffn
 
 
 VARIANTS = [(1, 2, 1024, 4), (2, 2, 1024, 4), (4, 2, 1024, 4), (1, 4, 1024, 4),
@@ -130,13 +125,10 @@ def compare(dev, shape: str, bandwidth: float) -> None:
         variants.append((f"C {C}, w2 {bn2} x {bk2}, {warps} warps",
                          lambda v=(C, bn2, bk2, warps): piped(*v)))
     runners = replayed_against_first(dev, model, variants)
-    times = {name: [] for name, _, _ in runners}
-    for _ in range(2):
-        for name, run, _ in runners:
-            times[name].append(median_us(run, max(20, int(60_000 / floor))))
-    for name, _, err in runners:
-        us = min(times[name])
-        print(f"{shape:15s} {name:34s} {times[name][0]:8.1f} {times[name][1]:8.1f} us  "
+    times = interleaved_us([run for _, run, _ in runners], floor)
+    for (name, _, err), (first, second) in zip(runners, times):
+        us = min(first, second)
+        print(f"{shape:15s} {name:34s} {first:8.1f} {second:8.1f} us  "
               f"{100 * floor / us:5.1f}% of the floor ({floor:.1f} us)  logits off by "
               f"{err:.1e} of the largest", flush=True)
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import triton
 
 from polyllama.plugins.cuda_triton import attention, linear
-from timing import (floor_us, for_each_shape, greedy_step, median_us, model_after_prompt,
-                    replayed, shape_parser)
+from timing import (floor_us, for_each_shape, greedy_step, interleaved_us,
+                    model_after_prompt, replayed, shape_parser)
 
 WHOLE_ROWS = ("qkv", "o", "w13", "classifier")         # K <= 4096 in these shapes
 VARIANTS = [
@@ -98,11 +98,8 @@ def sweep(dev, shape: str, bandwidth: float, position: int, only: str,
         setattr(linear, config, shipped)
         for name, value in zip(ATTENTION, shipped_attention):
             setattr(attention, name, value)
-    times = {label: [] for label, _ in runners}
-    for _ in range(2):
-        for label, run in runners:
-            times[label].append(median_us(run, max(20, int(60_000 / floor))))
-    for label, (first, second) in times.items():
+    times = interleaved_us([run for _, run in runners], floor)
+    for (label, _), (first, second) in zip(runners, times):
         print(f"{shape:15s} @{position:<5d} {label:48s} {first:8.1f} {second:8.1f} us  "
               f"{100 * floor / min(first, second):5.1f}% of the floor ({floor:.1f} us)",
               flush=True)

@@ -56,6 +56,17 @@ def median_us(run, replays: int = 20, batches: int = 7) -> float:
     return statistics.median(times)
 
 
+def interleaved_us(runs, floor: float, rounds: int = 2) -> list[list[float]]:
+    """Microseconds per call of each of runs, timed `rounds` times, interleaved (a round
+    times every run once), each time over replays of about 60 ms (floor: us per call)."""
+    replays = max(20, int(60_000 / floor))
+    times = [[] for _ in runs]
+    for _ in range(rounds):
+        for t, run in zip(times, runs):
+            t.append(median_us(run, replays))
+    return times
+
+
 def graph_us(fn, replays=20, batches=7) -> float:
     """Microseconds per call of fn, captured once as a CUDA graph and replayed."""
     fn()

@@ -184,12 +184,16 @@ class Model:
             k.rope(a.q, a.k, pos, self.cos, self.sin)
             k.attention(a.attn3, a.q, a.k, a.v, L.k_cache, L.v_cache, pos, self.scale)
             self._linear_add(a.x, a.attn, L.wo, a.tmp)
-            if self.swiglu_k is not None:
-                self.swiglu_k(a.act, a.x, L.ffn_norm, self.config.norm_eps, L.w13)
-            else:
-                self._norm_linear(a.gu, a.x, L.ffn_norm, L.w13, a.h)
-                k.silu_mul(a.act, a.gate, a.up)
-            self._linear_add(a.x, a.act, L.w2, a.tmp)
+            self._ffn(L, a)
+
+    def _ffn(self, L: Layer, a: SimpleNamespace) -> None:
+        """The residual stream a.x plus the layer's SwiGLU feed-forward of its RMSNorm."""
+        if self.swiglu_k is not None:
+            self.swiglu_k(a.act, a.x, L.ffn_norm, self.config.norm_eps, L.w13)
+        else:
+            self._norm_linear(a.gu, a.x, L.ffn_norm, L.w13, a.h)
+            self.k.silu_mul(a.act, a.gate, a.up)
+        self._linear_add(a.x, a.act, L.w2, a.tmp)
 
     def _classify(self, a: SimpleNamespace) -> None:
         self._norm_linear(self.logits.native, a.last, self.norm, self.output,
