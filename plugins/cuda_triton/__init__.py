@@ -2,6 +2,7 @@
 import importlib.util
 
 from polyllama import hookimpl
+from polyllama.plugins.int8.pack import FMT as Q8_0
 
 PKG = "polyllama.plugins.cuda_triton"
 KERNELS = {
@@ -38,4 +39,4 @@ def register_kernels(register):
     for op, module in KERNELS.items():
         register("cuda_triton", op, f"{PKG}.{module}:{op}")
         if module == "linear":          # the linear family also takes q8_0 (--quant int8)
-            register("cuda_triton", op, f"{PKG}.{module}:{op}", fmt="q8_0")
+            register("cuda_triton", op, f"{PKG}.{module}:{op}", fmt=Q8_0)

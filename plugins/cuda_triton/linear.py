@@ -31,6 +31,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from polyllama.ops import DENSE, Weight
+from polyllama.plugins.int8.pack import FMT as Q8_0
 
 from .device import hopper, interpreting, multiprocessors, pdl_enabled
 from .kernels import pdl_start, rmsnorm, silu_mul
@@ -38,7 +39,6 @@ from .kernels import pdl_start, rmsnorm, silu_mul
 _scratch: dict = {}       # prefill intermediates (see _scratch_for)
 _outgrown: list = []      # scratch a larger one replaced: recorded prefills still use it
 ONE_TILE_K = 4096
-Q8_0 = "q8_0"             # the int8 scheme's weight format (plugins/int8/pack.py)
 Q8_TILE_K = 1024
 TMA_MIN_ROWS = 129        # fewer rows: per-tile programs loading through pointers are faster
 

@@ -18,11 +18,13 @@ lands inside it, the merge answers from it: always with a top-k up to CANDIDATES
 are the usual defaults). Otherwise (a flat distribution, little truncation) it leaves the
 token to a second kernel that searches the whole vocabulary, a radix select per rule: each
 pass, every program histograms (count and weight) the next DIGIT bits of the keys in its
-slice that match the bits settled so far, and the last to arrive settles those bits. On a GPU one
-launch runs every pass, its programs (all resident) waiting for each pass's digit; the
-interpreter, which runs programs one after another, launches a pass at a time. Weights are
-float32, summed in float64: only a u within float32 rounding of the boundary between two
-tokens can pick the neighbour the float64 reference would not.
+slice that match the bits settled so far, and the last to arrive settles those bits. On a
+GPU one launch runs every pass, its programs waiting for each pass's digit. The launch is
+cooperative: the driver runs every program at once or refuses the launch, so no program
+waits on one that cannot start. The interpreter, which runs programs one after another,
+launches a pass at a time. Weights are float32, summed in float64: only a u within float32
+rounding of the boundary between two tokens can pick the neighbour the float64 reference
+would not.
 """
 from __future__ import annotations
 
@@ -389,7 +391,8 @@ def _search_workspace(device, programs):
 
 def _search_grid(device, V):
     """(programs, logits per program, logits per histogram step) of the search: a program
-    per multiprocessor at most, since they wait on each other and so must all be resident."""
+    per multiprocessor at most, since they wait on each other and so must all be resident
+    (the launch is cooperative, which the driver checks)."""
     sub = 64 if interpreting() else SEARCH_SUB
     programs = min(multiprocessors(device), triton.cdiv(V, sub))
     span = triton.cdiv(triton.cdiv(V, programs), sub) * sub
@@ -417,4 +420,5 @@ def sample(out, logits, params, u):
         _search_kernel[(programs,)](
             out, logits, params, u, st, fl, hist, arrivals, V, first, IDB=idb, DROP=drop,
             DP=digits, PASSES=count, CHUNK=span, SUB=sub, S2=triton.next_power_of_2(programs),
-            BARRIER=not interpreting(), PDL=pdl, num_warps=SEARCH_WARPS, launch_pdl=pdl)
+            BARRIER=not interpreting(), PDL=pdl, num_warps=SEARCH_WARPS, launch_pdl=pdl,
+            launch_cooperative_grid=not interpreting())
