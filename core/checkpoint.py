@@ -19,8 +19,6 @@ from .config import LlamaConfig
 from .errors import ModelFormatError
 from . import reference
 
-LAYER_TENSORS = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3")
-
 
 @dataclass
 class QuantizedArray:

