@@ -27,8 +27,8 @@ import triton.language as tl
 
 from polyllama.plugins.cuda_triton.device import pdl_enabled
 from polyllama.plugins.cuda_triton.kernels import pdl_start
-from timing import (floor_us, for_each_shape, greedy_step, interleaved_us,
-                    model_after_prompt, replayed_against_first, shape_parser)
+from timing import (floor_us, for_each_shape, greedy_step, model_after_prompt,
+                    print_against_first, shape_parser)
 
 
 @triton.jit
@@ -124,13 +124,7 @@ def compare(dev, shape: str, bandwidth: float) -> None:
     for C, bn2, bk2, warps in VARIANTS:
         variants.append((f"C {C}, w2 {bn2} x {bk2}, {warps} warps",
                          lambda v=(C, bn2, bk2, warps): piped(*v)))
-    runners = replayed_against_first(dev, model, variants)
-    times = interleaved_us([run for _, run, _ in runners], floor)
-    for (name, _, err), (first, second) in zip(runners, times):
-        us = min(first, second)
-        print(f"{shape:15s} {name:34s} {first:8.1f} {second:8.1f} us  "
-              f"{100 * floor / us:5.1f}% of the floor ({floor:.1f} us)  logits off by "
-              f"{err:.1e} of the largest", flush=True)
+    print_against_first(dev, model, shape, floor, variants)
 
 
 def main(argv=None) -> None:

@@ -123,6 +123,18 @@ def replayed_against_first(dev, model, variants) -> list:
     return runners
 
 
+def print_against_first(dev, model, shape: str, floor: float, variants) -> None:
+    """Each (name, step) of variants replayed (logits set against the first variant's) and
+    timed twice, interleaved; a row each: both rounds, the better one's share of the floor,
+    the logits error."""
+    runners = replayed_against_first(dev, model, variants)
+    times = interleaved_us([run for _, run, _ in runners], floor)
+    for (name, _, err), (first, second) in zip(runners, times):
+        print(f"{shape:15s} {name:34s} {first:8.1f} {second:8.1f} us  "
+              f"{100 * floor / min(first, second):5.1f}% of the floor ({floor:.1f} us)  "
+              f"logits off by {err:.1e} of the largest", flush=True)
+
+
 def floor_us(model, bandwidth: float) -> float:
     """The step's bandwidth floor: the weight bytes it reads over the copy bandwidth."""
     return decode_bytes(model) / bandwidth * 1e6

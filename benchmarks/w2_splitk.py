@@ -19,8 +19,8 @@ import triton.language as tl
 
 from polyllama.plugins.cuda_triton import linear
 from polyllama.plugins.cuda_triton.kernels import pdl_start
-from timing import (floor_us, for_each_shape, greedy_step, interleaved_us, model_after_prompt,
-                    replayed_against_first, shape_parser)
+from timing import (floor_us, for_each_shape, greedy_step, model_after_prompt,
+                    print_against_first, shape_parser)
 
 CONFIGS = ((2, 8, 1024, 8), (2, 8, 1024, 4), (2, 16, 1024, 8), (2, 4, 1024, 4),
            (2, 8, 2048, 8), (3, 8, 1024, 8), (3, 4, 2048, 8), (4, 8, 1024, 8),
@@ -104,12 +104,7 @@ def compare(dev, shape: str, bandwidth: float) -> None:
         (f"w2 split {s}, {bn} rows x {bk}, {warps} warps",
          with_run(splitk_linear_add(shipped, s, bn, bk, warps)))
         for s, bn, bk, warps in CONFIGS]
-    runners = replayed_against_first(dev, model, variants)
-    times = interleaved_us([run for _, run, _ in runners], floor)
-    for (name, _, err), (first, second) in zip(runners, times):
-        print(f"{shape:15s} {name:34s} {first:8.1f} {second:8.1f} us  "
-              f"{100 * floor / min(first, second):5.1f}% of the floor ({floor:.1f} us)  "
-              f"logits off by {err:.1e} of the largest", flush=True)
+    print_against_first(dev, model, shape, floor, variants)
 
 
 def main(argv=None) -> None:
