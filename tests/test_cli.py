@@ -67,7 +67,7 @@ def test_generation_stops_at_eos_unless_ignored(capsys, hf, model_file):
     (["--prompt-ids", ",".join(["1"] * 70)], "context"),
     (["--prompt-ids", "1", "--device", "cpu:nump"], "did you mean 'cpu:numpy'"),
     (["--prompt-ids", "1", "--device", "tpu"], "Known devices"),
-    (["--prompt-ids", "1", "--device", "cuda:cupy"], "unknown device 'cuda:cupy'.\nKnown"),
+    (["--prompt-ids", "1", "--device", "tpu:xla"], "unknown device 'tpu:xla'.\nKnown"),
     (["--prompt-ids", "1", "--temp", "-1"], "temperature"),
     (["-p", "hello"], "no tokenizer"),
     (["--prompt-ids", "1", "-n", "-5"], "n-predict"),

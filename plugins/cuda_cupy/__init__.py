@@ -1,1 +1,40 @@
-"""cuda:cupy backend (CuPy RawKernels / cuBLAS): not implemented yet, so not registered as a plugin."""
+"""cuda:cupy — CUDA C kernels through CuPy (NVRTC) and cuBLAS; decode as one CUDA graph.
+
+Only hook implementations live here; CuPy is imported by the probe and when the device is
+opened, so listing devices stays cheap and works without it.
+"""
+import importlib.util
+
+from polyllama import hookimpl
+
+PKG = "polyllama.plugins.cuda_cupy"
+OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add", "argmax",
+       "linear_add")
+FIX = "pip install 'polyllama[cuda-cupy]' (cupy-cuda12x; cupy-cuda13x for CUDA 13 drivers)"
+
+
+def probe():
+    """None when CuPy imports and sees a GPU, else why not and the fix."""
+    if importlib.util.find_spec("cupy") is None:
+        return f"cupy is not installed: {FIX}"
+    try:
+        import cupy
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:                 # no driver, wrong CUDA major, broken install
+        return f"CuPy cannot reach a GPU ({str(e).splitlines()[0]})"
+    if count == 0:
+        return "no CUDA GPU visible to CuPy (check the driver and CUDA_VISIBLE_DEVICES)"
+    return None
+
+
+@hookimpl
+def register_backends(register):
+    register(id="cuda_cupy", kind="cuda", impl="cupy", priority=50, probe=probe,
+             device_class=f"{PKG}.device:CupyDevice",
+             description="CUDA C kernels through CuPy and cuBLAS, decode as a CUDA graph")
+
+
+@hookimpl
+def register_kernels(register):
+    for op in OPS:
+        register("cuda_cupy", op, f"{PKG}.kernels:{op}")
