@@ -1,10 +1,11 @@
 """The ops of core/ops.py on CuPy arrays: CUDA C kernels (kernels.cu) and cuBLAS.
 
 Every kernel runs on the current CuPy stream (the device's own, see device.py), so a decode
-step can be captured as a CUDA graph; nothing here allocates while a step runs, except the
-attention's split partials, allocated once per shape and kept. One token's linear is a GEMV
-(a warp per row, 16-byte loads that bypass L1); more tokens go through cuBLAS (gemmEx,
-float32 accumulation).
+step can be captured as a CUDA graph; nothing here allocates while a step runs, except
+workspaces allocated once per shape and kept (the first, eager run of a step makes them).
+One token's linear is a GEMV (a warp per row, 16-byte loads that bypass L1; RMSNorm,
+SwiGLU and the residual add fused); more tokens go through cuBLAS (gemmEx, float32
+accumulation).
 """
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ BLOCK = 256
 GEMV_ROWS = BLOCK // 32                             # a warp per row
 ATTN_THREADS = 128                                  # ATTN_WARPS in kernels.cu
 ATTN_MAX_HD = 256                                   # MAX_HD in kernels.cu
-ATTN_MAX_SPLITS = 64
-ATTN_SPLIT_KEYS = 32                                # cache rows per decode split, up to 64 splits
+DECODE_THREADS = 128                                # DEC_WARPS in kernels.cu
+DECODE_MAX_G = 8                                    # MAX_G: query heads per kv head
+DECODE_MAX_SPLITS = 32                              # MAX_SPLITS
 _ONE = np.ones(1, np.float32)
 _ZERO = np.zeros(1, np.float32)
-_partials: dict = {}        # per (device, shape); never freed, so graphs may hold them
+_workspaces: dict = {}      # per (device, shape, dtype, use); never freed: graphs hold them
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,49 +100,68 @@ def _stride(a, dim):
     return a.strides[dim] // a.itemsize
 
 
-def _partials_for(device_id, T, H, splits, hd):
-    key = (device_id, T, H, splits, hd)
-    if key not in _partials:
-        with cupy.cuda.Device(device_id):
-            _partials[key] = cupy.empty(T * H * splits * (hd + 2), dtype=np.float32)
-    return _partials[key]
+def _workspace(like, shape, dtype, use, zeroed=False):
+    """A buffer allocated once per (device, shape, dtype, use): attention's split partials
+    and arrival counters, a prefill's normed input or w1|w3 output."""
+    key = (like.device.id, tuple(shape), np.dtype(dtype), use)
+    if key not in _workspaces:
+        with like.device:
+            _workspaces[key] = (cupy.zeros if zeroed else cupy.empty)(shape, dtype=dtype)
+    return _workspaces[key]
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_id: int) -> int:
+    return cupy.cuda.Device(device_id).attributes["MultiProcessorCount"]
 
 
 def attention(out, q, k, v, k_cache, v_cache, pos, scale):
-    """Split-K over the cached keys: (token, head, split) programs write partial softmaxes,
-    a second kernel merges them. The split count follows the cache length, not the position,
-    so a recorded step replays at any position."""
+    """The new keys and values go into the cache first. One token: (kv head, split) blocks,
+    about one per multiprocessor, the last of a kv head merging (attention_decode in
+    kernels.cu). Otherwise a (token, head) block walks the token's visible keys. The split
+    count follows the cache length, not the position, so a recorded step replays at any
+    position."""
     T, H, hd = q.shape
     S, KV, _ = k_cache.shape
+    G = H // KV
     if hd > ATTN_MAX_HD:
         raise ValueError(f"cuda:cupy attention takes head sizes up to {ATTN_MAX_HD}, not {hd}")
     assert k_cache.flags.c_contiguous and v_cache.flags.c_contiguous
-    _launch("cache_write", k, (T,), BLOCK, k_cache, v_cache, k, v, pos, _i(KV), _i(hd),
-            _l(_stride(k, 0)), _l(_stride(k, 1)), _l(_stride(v, 0)), _l(_stride(v, 1)),
-            _l(_stride(k_cache, 0)))
-    splits = max(1, min(ATTN_MAX_SPLITS, S // ATTN_SPLIT_KEYS)) if T == 1 else 1
-    part = _partials_for(q.device.id, T, H, splits, hd)
-    _launch("attention_split", q, (T, H, splits), ATTN_THREADS, part, q, k_cache, v_cache, pos,
-            _i(H), _i(KV), _i(hd), np.float32(scale), _i(splits), _l(_stride(q, 0)),
-            _l(_stride(q, 1)), _l(_stride(k_cache, 0)))
-    _launch("attention_merge", out, (T, H), max(32, min(hd, BLOCK)), out, part, _i(H), _i(hd),
-            _i(splits), _l(_stride(out, 0)), _l(_stride(out, 1)))
+    _launch("cache_write", k, (T, -(-KV * hd // BLOCK)), BLOCK, k_cache, v_cache, k, v, pos,
+            _i(KV), _i(hd), _l(_stride(k, 0)), _l(_stride(k, 1)), _l(_stride(v, 0)),
+            _l(_stride(v, 1)), _l(_stride(k_cache, 0)))
+    per = -(-hd // 32)
+    if T == 1 and G <= DECODE_MAX_G and per in (1, 2, 4):
+        splits = max(1, min(DECODE_MAX_SPLITS, _multiprocessors(q.device.id) // KV, S))
+        part = _workspace(q, (H, splits, hd + 2), np.float32, "attention")
+        counters = _workspace(q, (KV,), np.int32, "arrivals", zeroed=True)
+        _launch(f"attention_decode{per}", q, (KV, splits), DECODE_THREADS, out, part, counters,
+                q, k_cache, v_cache, pos, _i(H), _i(KV), _i(hd), np.float32(scale),
+                _i(splits), _l(_stride(q, 1)), _l(_stride(out, 1)), _l(_stride(k_cache, 0)))
+        return
+    _launch("attention_prefill", q, (T, H), ATTN_THREADS, out, q, k_cache, v_cache, pos,
+            _i(H), _i(KV), _i(hd), np.float32(scale), _l(_stride(q, 0)), _l(_stride(q, 1)),
+            _l(_stride(out, 0)), _l(_stride(out, 1)), _l(_stride(k_cache, 0)))
 
 
-def _vectorizable(x, w):
-    """Whether the GEMV may read w's rows and x in 16-byte pieces."""
+def _vectorizable(x, w, g=None):
+    """Whether the GEMV may read w's rows, x (and g) in 16-byte pieces."""
     per = 16 // w.itemsize
-    K = w.shape[1]
-    return (K % per == 0 and _stride(w, 0) % per == 0 and w.data.ptr % 16 == 0
-            and x.data.ptr % 16 == 0 and _stride(x, 1) == 1)
+    aligned = all(a.data.ptr % 16 == 0 for a in (x, w) + ((g,) if g is not None else ()))
+    return (w.shape[1] % per == 0 and _stride(w, 0) % per == 0 and aligned
+            and _stride(x, 1) == 1)
+
+
+def _check(x, W):
+    if W.dtype != x.dtype or _stride(W, 1) != 1:
+        raise ValueError(f"cuda:cupy linear needs a row-major weight of the input's dtype "
+                         f"({W.dtype}, strides {W.strides})")
 
 
 def _run(out, x, W, residual=None):
     T, K = x.shape
     N = W.shape[0]
-    if W.dtype != x.dtype or _stride(W, 1) != 1:
-        raise ValueError(f"cuda:cupy linear needs a row-major weight of the input's dtype "
-                         f"({W.dtype}, strides {W.strides})")
+    _check(x, W)
     if T == 1:
         _launch("gemv", out, (-(-N // GEMV_ROWS),), BLOCK, out, x, W,
                 residual if residual is not None else np.uint64(0), _i(N), _i(K),
@@ -157,9 +178,39 @@ def _run(out, x, W, residual=None):
                   GEMM_DEFAULT)
 
 
+def _normed_gemv(name, out, x, weight, eps, W, N):
+    K = x.shape[1]
+    _check(x, W)
+    _launch(name, out, (-(-N // GEMV_ROWS),), BLOCK, out, x, weight, W, _i(N), _i(K),
+            _l(_stride(W, 0)), _i(_vectorizable(x, W, weight)), np.float32(eps))
+
+
 def linear(out, x, w):
     _run(out, x, w.parts["w"])
 
 
 def linear_add(out, x, w, residual):
     _run(out, x, w.parts["w"], residual)
+
+
+def rmsnorm_linear(out, x, weight, eps, w):
+    W = w.parts["w"]
+    if x.shape[0] == 1:
+        _normed_gemv("gemv_norm", out, x, weight, eps, W, W.shape[0])
+        return
+    h = _workspace(x, x.shape, x.dtype, "normed")
+    rmsnorm(h, x, weight, eps)
+    _run(out, h, W)
+
+
+def rmsnorm_swiglu(out, x, weight, eps, w):
+    W = w.parts["w"]
+    T, F = out.shape
+    if T == 1:
+        _normed_gemv("gemv_swiglu", out, x, weight, eps, W, F)
+        return
+    h = _workspace(x, x.shape, x.dtype, "normed")
+    gu = _workspace(x, (T, 2 * F), x.dtype, "gate|up")
+    rmsnorm(h, x, weight, eps)
+    _run(gu, h, W)
+    silu_mul(out, gu[:, :F], gu[:, F:])
