@@ -8,6 +8,7 @@ import refmodel
 cupy = pytest.importorskip("cupy")
 
 from polyllama import get_device, get_registry                  # noqa: E402
+from polyllama.generate import SamplingParams, TokenLoop             # noqa: E402
 from polyllama.model import Model                                # noqa: E402
 
 
@@ -33,3 +34,16 @@ def test_model_bf16_logits_close_to_transformers():
     got = model.read_logits()
     want = refmodel.hf_logits(hf, refmodel.PROMPT)[-1]
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+@gpu
+def test_token_loop_greedy_matches_transformers_fp32():
+    """The engine's token loop: it queues each decode step before reading the id the step
+    before picked, from that step's own slot, on a second stream."""
+    hf = refmodel.make_hf_model("gqa-tied", seed=1)
+    model = Model.build(refmodel.reference_checkpoint(hf), get_device("cuda:cupy"), "float32")
+    assert model.reads_ahead()
+    want = refmodel.hf_greedy(hf, refmodel.PROMPT, 32)
+    for _ in range(2):                        # twice: the second run replays the graphs
+        loop = TokenLoop(model, SamplingParams(temperature=0))
+        assert list(loop.run(refmodel.PROMPT, 32)) == want

@@ -9,7 +9,7 @@ from polyllama import hookimpl
 
 PKG = "polyllama.plugins.cuda_cupy"
 OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add", "argmax",
-       "linear_add", "rmsnorm_linear", "rmsnorm_swiglu")
+       "linear_add", "rmsnorm_linear", "rmsnorm_swiglu", "advance")
 FIX = "pip install 'polyllama[cuda-cupy]' (cupy-cuda12x; cupy-cuda13x for CUDA 13 drivers)"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import cupy
+import cupyx
 import numpy as np
 
 from polyllama import Allocator, Device
@@ -47,7 +48,7 @@ class CupyAllocator(Allocator):
 class CupyDevice(Device):
     default_dtype = "bfloat16" if BF16 is not None else "float16"
     supported_dtypes = ("bfloat16",) * (BF16 is not None) + ("float16", "float32")
-    asynchronous = False       # the host waits for each step's token (no read-ahead yet)
+    asynchronous = True
 
     def __init__(self, spec, index):
         count = cupy.cuda.runtime.getDeviceCount()
@@ -58,6 +59,7 @@ class CupyDevice(Device):
         self.gpu.use()
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.stream.use()            # graphs cannot be captured on the legacy default stream
+        self._reader = cupy.cuda.Stream(non_blocking=True)
         super().__init__(spec, index)
 
     def make_allocator(self):
@@ -80,6 +82,21 @@ class CupyDevice(Device):
     def reset_peak_memory(self):
         self.synchronize()
         cupy.get_default_memory_pool().free_all_blocks()
+
+    def read_async(self, tensor):
+        # on a stream of its own, so the next queued step need not wait for the copy
+        written = cupy.cuda.Event()
+        written.record(self.stream)
+        host = cupyx.empty_pinned(tensor.shape, dtype=tensor.native.dtype)
+        self._reader.wait_event(written)
+        tensor.native.get(stream=self._reader, out=host)
+        done = cupy.cuda.Event()
+        done.record(self._reader)
+
+        def result():
+            done.synchronize()
+            return host
+        return result
 
     def replays(self):
         """POLYLLAMA_NO_GRAPH=1 keeps every step eager (for debugging)."""

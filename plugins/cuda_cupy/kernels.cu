@@ -120,6 +120,14 @@ __device__ void argmax(int* out, const T* logits, int V, long long s_l) {
     }
 }
 
+// Ends a replayed decode step (one thread): the picked id waits in slot pos % R, where the
+// next R - 1 steps leave it alone, and the next step finds its position on the device.
+extern "C" __global__ void advance(int* pos, const int* ids, int* picked, int R) {
+    int p = pos[0];
+    picked[p % R] = ids[0];
+    pos[0] = p + 1;
+}
+
 // One token: grid (row blocks), a warp per row; 16-byte loads where K and the row stride
 // allow them (vec), else one value per lane; weights are read once, so their loads skip L1.
 // A warp keeps GEMV_AHEAD pieces per lane in flight, the first ones issued before the norm.

@@ -96,6 +96,11 @@ def argmax(out, logits):
     _launch("argmax", logits, (T,), 1024, out, logits, _i(V), _l(_stride(logits, 0)))
 
 
+def advance(pos, ids, picked):
+    _module(pos.device.id).get_function("advance")((1,), (1,), (pos, ids, picked,
+                                                                _i(picked.shape[0])))
+
+
 def _stride(a, dim):
     return a.strides[dim] // a.itemsize
 
