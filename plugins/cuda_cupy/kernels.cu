@@ -133,7 +133,7 @@ extern "C" __global__ void advance(int* pos, const int* ids, int* picked, int R)
 // A warp keeps GEMV_AHEAD pieces per lane in flight, the first ones issued before the norm.
 // NORM: x is RMS-normed with weight g first (its scale applied to the row sums); SWIGLU: w
 // holds 2N rows, gate then up, and out = silu(gate) * up; residual (or null) is added.
-#define GEMV_AHEAD 4
+#define GEMV_AHEAD 2
 template <typename T, bool NORM, bool SWIGLU>
 __device__ void gemv(T* out, const T* x, const T* g, const T* w, const T* residual, int N,
                      int K, long long s_w, int vec, float eps) {
