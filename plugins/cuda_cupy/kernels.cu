@@ -1,6 +1,6 @@
 // cuda:cupy kernels (compiled by NVRTC through cupy.RawModule; see kernels.py).
-// T_IN / T_OUT name the storage type of a buffer: float, __half, or __nv_bfloat16; math is
-// float32. Every pointer comes with its strides in elements, so the kernels work on the
+// T names the storage type of the activations and weights: float, __half or __nv_bfloat16;
+// math is float32. Every pointer comes with its strides in elements, so the kernels work on the
 // executor's column views (q, k, v of one qkv buffer; gate and up of one w1|w3 output).
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>

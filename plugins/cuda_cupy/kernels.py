@@ -54,6 +54,11 @@ def _l(v):
     return np.int64(v)
 
 
+def _stride(a, dim):
+    """A stride in elements (CuPy keeps them in bytes)."""
+    return a.strides[dim] // a.itemsize
+
+
 def _launch(name, like, grid, block, *args):
     _fn(name, like)(tuple(grid), (block,), args)
 
@@ -61,7 +66,7 @@ def _launch(name, like, grid, block, *args):
 def embedding(out, table, ids):
     T, D = out.shape
     _launch("embedding", out, (T, -(-D // BLOCK)), BLOCK, out, table, ids, _i(D),
-            _l(out.strides[0] // out.itemsize), _l(table.strides[0] // table.itemsize))
+            _l(_stride(out, 0)), _l(_stride(table, 0)))
 
 
 def rmsnorm(out, x, weight, eps):
@@ -99,10 +104,6 @@ def argmax(out, logits):
 def advance(pos, ids, picked):
     _module(pos.device.id).get_function("advance")((1,), (1,), (pos, ids, picked,
                                                                 _i(picked.shape[0])))
-
-
-def _stride(a, dim):
-    return a.strides[dim] // a.itemsize
 
 
 def _workspace(like, shape, dtype, use, zeroed=False):
