@@ -10,11 +10,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 CHECK = """
+import importlib.resources
 import polyllama, polyllama.plugins.cpu_numpy, polyllama.plugins.cuda_triton
 from polyllama.smoke import smoke_test
 assert polyllama.__file__.startswith({site!r}), polyllama.__file__
 reg = polyllama.get_registry()
-assert {{"cpu_numpy", "cuda_triton"}} <= set(reg.backends), reg.backends
+assert {{"cpu_numpy", "cuda_triton", "cuda_cupy"}} <= set(reg.backends), reg.backends
+# cuda:cupy compiles its kernel source at run time: the wheel must carry it
+assert (importlib.resources.files("polyllama.plugins.cuda_cupy") / "kernels.cu").is_file()
 assert not reg.failures, reg.failures
 print(smoke_test("cpu:numpy"))
 """
@@ -33,7 +36,7 @@ def test_wheel_installs_core_and_plugins(tmp_path):
                    check=True)
     # -S: no .pth processing, so the editable install's import hook stays out of the way
     env = {"PYTHONPATH": f"{site}:{sysconfig.get_paths()['purelib']}",
-           "POLYLLAMA_PLUGINS": "cpu_numpy,cuda_triton"}
+           "POLYLLAMA_PLUGINS": "cpu_numpy,cuda_triton,cuda_cupy"}
     run = subprocess.run([sys.executable, "-S", "-c", CHECK.format(site=str(site))],
                          capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
