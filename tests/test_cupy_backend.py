@@ -1,5 +1,7 @@
 """cuda:cupy beyond the per-kernel suite (tests/test_backend_kernels.py runs that on every
 backend): the whole model on a GPU against transformers."""
+import ctypes
+
 import numpy as np
 import pytest
 
@@ -7,13 +9,25 @@ import refmodel
 
 cupy = pytest.importorskip("cupy")
 
-from polyllama import get_device, get_registry                  # noqa: E402
+from polyllama import DeviceError, get_device, get_registry     # noqa: E402
 from polyllama.generate import SamplingParams, TokenLoop             # noqa: E402
 from polyllama.model import Model                                # noqa: E402
 
 
 reason = get_registry().backends["cuda_cupy"].unavailable_reason()
 gpu = pytest.mark.skipif(reason is not None, reason=f"cuda:cupy unavailable: {reason}")
+
+
+def test_without_a_driver_the_reason_says_so():
+    """Not CuPy's "driver version is insufficient", which sends users after a driver update."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        assert reason.startswith("no NVIDIA driver (libcuda.so.1 cannot be loaded)"), reason
+        with pytest.raises(DeviceError, match="no NVIDIA driver"):
+            get_device("cuda:cupy")
+    else:
+        pytest.skip("an NVIDIA driver is present here")
 
 
 @gpu

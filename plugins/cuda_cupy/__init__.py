@@ -3,7 +3,9 @@
 Only hook implementations live here; CuPy is imported by the probe and when the device is
 opened, so listing devices stays cheap and works without it.
 """
+import ctypes
 import importlib.util
+import sys
 
 from polyllama import hookimpl
 
@@ -17,10 +19,15 @@ def probe():
     """None when CuPy imports and sees a GPU, else why not and the fix."""
     if importlib.util.find_spec("cupy") is None:
         return f"cupy is not installed: {FIX}"
+    if sys.platform.startswith("linux"):      # CuPy's own error would blame the driver version
+        try:
+            ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            return "no NVIDIA driver (libcuda.so.1 cannot be loaded): cuda:cupy needs a CUDA GPU"
     try:
         import cupy
         count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:                 # no driver, wrong CUDA major, broken install
+    except Exception as e:                 # a driver too old for this CuPy, a broken install
         return f"CuPy cannot reach a GPU ({str(e).splitlines()[0]})"
     if count == 0:
         return "no CUDA GPU visible to CuPy (check the driver and CUDA_VISIBLE_DEVICES)"
