@@ -1,5 +1,6 @@
 """cuda:cupy beyond the per-kernel suite (tests/test_backend_kernels.py runs that on every
-backend): the whole model on a GPU against transformers."""
+backend): what it says without a driver, and the whole model on a GPU against
+transformers."""
 import ctypes
 
 import numpy as np
@@ -9,9 +10,9 @@ import refmodel
 
 cupy = pytest.importorskip("cupy")
 
-from polyllama import DeviceError, get_device, get_registry     # noqa: E402
-from polyllama.generate import SamplingParams, TokenLoop             # noqa: E402
-from polyllama.model import Model                                # noqa: E402
+from polyllama import DeviceError, get_device, get_registry  # noqa: E402
+from polyllama.generate import SamplingParams, TokenLoop     # noqa: E402
+from polyllama.model import Model                            # noqa: E402
 
 
 reason = get_registry().backends["cuda_cupy"].unavailable_reason()
