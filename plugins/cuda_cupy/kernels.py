@@ -16,6 +16,8 @@ import cupy
 import numpy as np
 from cupy_backends.cuda.libs import cublas
 
+from polyllama.errors import DeviceError
+
 from .device import BF16
 
 SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", BF16: "bf16"}
@@ -131,7 +133,8 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     S, KV, _ = k_cache.shape
     G = H // KV
     if hd > ATTN_MAX_HD:
-        raise ValueError(f"cuda:cupy attention takes head sizes up to {ATTN_MAX_HD}, not {hd}")
+        raise DeviceError(f"cuda:cupy attention takes head sizes up to {ATTN_MAX_HD}; this "
+                          f"model's is {hd}: run it on cuda:triton or cpu:numpy")
     assert k_cache.flags.c_contiguous and v_cache.flags.c_contiguous
     _launch("cache_write", k, (T, -(-KV * hd // BLOCK)), BLOCK, k_cache, v_cache, k, v, pos,
             _i(KV), _i(hd), _l(_stride(k, 0)), _l(_stride(k, 1)), _l(_stride(v, 0)),
