@@ -196,6 +196,16 @@ def assert_greedy_matches(model, hf, prompt=PROMPT, steps: int = 32):
     assert polyllama_greedy(model, prompt, steps) == want
 
 
+def assert_token_loop_matches(model, hf, prompt=PROMPT, steps: int = 32):
+    """The engine's token loop (greedy) on a built polyllama Model yields the transformers
+    model's tokens, twice: the second run replays what the first recorded."""
+    from polyllama.generate import SamplingParams, TokenLoop
+    want = hf_greedy(hf, prompt, steps)
+    assert len(set(want)) > 4, "reference output too repetitive to prove anything"
+    for _ in range(2):
+        assert list(TokenLoop(model, SamplingParams(temperature=0)).run(prompt, steps)) == want
+
+
 # ---------------------------------------------------------------- int8 (q8_0) references
 
 
