@@ -2,6 +2,7 @@
 so a decode step can be captured once as a CUDA graph and replayed."""
 from __future__ import annotations
 
+import functools
 import os
 
 import cupy
@@ -109,15 +110,12 @@ class CupyDevice(Device):
         (their GEMMs) stay eager; one token's step has none."""
         if not self.replays():
             return step
-        graph = None
+        later = None             # what later calls run: the recorded graph, or the step itself
 
         def run():
-            nonlocal graph
-            if graph is step:
-                step()
-                return
-            if graph is not None:
-                graph.launch(self.stream)
+            nonlocal later
+            if later is not None:
+                later()
                 return
             step()
             self.stream.synchronize()
@@ -126,9 +124,9 @@ class CupyDevice(Device):
                 step()
             except NotImplementedError:   # CuPy records no cuBLAS call: a prefill stays eager
                 self.stream.end_capture()
-                graph = step
+                later = step
                 return
-            graph = self.stream.end_capture()
+            later = functools.partial(self.stream.end_capture().launch, self.stream)
         return run
 
     def measure_bandwidth(self, nbytes: int = 1 << 30, repeats: int = 30) -> float | None:
