@@ -147,8 +147,9 @@ class Model:
         opt = lambda op: reg.kernel(b, op, self.fmt) if reg.has_kernel(b, op, self.fmt) else None
         self.linear_add_k, self.rmsnorm_linear_k = opt("linear_add"), opt("rmsnorm_linear")
         self.swiglu_k = opt("rmsnorm_swiglu")
-        self.sample_k = reg.kernel(b, "sample") if reg.has_kernel(b, "sample") else None
-        self.advance_k = reg.kernel(b, "advance") if reg.has_kernel(b, "advance") else None
+        plain = lambda op: reg.kernel(b, op) if reg.has_kernel(b, op) else None
+        self.rope_attention_k = plain("rope_attention")
+        self.sample_k, self.advance_k = plain("sample"), plain("advance")
 
     def _upload(self, host, dtype=None):
         t = self.device.upload(np.asarray(host, dtype=np.float32) if dtype is None else host,
@@ -181,8 +182,12 @@ class Model:
         k.embedding(a.x, self.tok_embeddings, a.ids)
         for L in self.layers:
             self._norm_linear(a.qkv, a.x, L.attn_norm, L.wqkv, a.h)
-            k.rope(a.q, a.k, pos, self.cos, self.sin)
-            k.attention(a.attn3, a.q, a.k, a.v, L.k_cache, L.v_cache, pos, self.scale)
+            if self.rope_attention_k is not None:
+                self.rope_attention_k(a.attn3, a.q, a.k, a.v, L.k_cache, L.v_cache, pos,
+                                      self.cos, self.sin, self.scale)
+            else:
+                k.rope(a.q, a.k, pos, self.cos, self.sin)
+                k.attention(a.attn3, a.q, a.k, a.v, L.k_cache, L.v_cache, pos, self.scale)
             self._linear_add(a.x, a.attn, L.wo, a.tmp)
             self._ffn(L, a)
 

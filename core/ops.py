@@ -33,6 +33,11 @@ the host does its work)
         params = (temperature, top_k, top_p, min_p) as float32; u ~ U[0,1) float32.
         Samples one token from softmax(logits / temperature) restricted by top-k, top-p,
         min-p, exactly as reference.sample does, so a decode step needs no host round-trip.
+  rope_attention(out[T,H,hd], q[T,H,hd], k[T,KV,hd], v[T,KV,hd],
+                 k_cache[S,KV,hd], v_cache[S,KV,hd], pos[1], cos[S,hd/2], sin[S,hd/2], scale)
+        attention of the rotated q, k (rope, then attention): the cache gets the rotated keys,
+        rounded to its dtype as rope's in-place result would be; q and k themselves may be
+        left rotated or not. One kernel can then do both.
   advance(pos[1], ids[1], picked[R])                 picked[pos[0] % R] = ids[0]; pos[0] += 1
         Ends a replayed decode step: the next step finds its position without a copy from
         the host, and the picked id waits in a slot that the next R - 1 steps leave alone,
@@ -45,7 +50,8 @@ from typing import Any
 
 REQUIRED_OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add",
                 "argmax")
-OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "rmsnorm_swiglu", "sample", "advance")
+OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "rmsnorm_swiglu", "rope_attention", "sample",
+                "advance")
 ALL_OPS = REQUIRED_OPS + OPTIONAL_OPS
 
 DENSE = "dense"        # weight format of an unquantized matrix in the compute dtype

@@ -16,7 +16,8 @@ from polyllama.ops import DENSE, OPTIONAL_OPS, REQUIRED_OPS
 
 from backends import assert_close, check_out, kernel, poisoned, read, upload
 
-HEADS = {"mha-hd12": (4, 4, 12), "gqa-hd16": (6, 2, 16), "mqa-hd64": (8, 1, 64)}
+HEADS = {"mha-hd12": (4, 4, 12), "gqa-hd16": (6, 2, 16), "mqa-hd64": (8, 1, 64),
+         "gqa-hd64": (4, 2, 64), "mha-hd128": (2, 2, 128)}   # last two: few heads a kv head, wide
 
 
 # ---------------------------------------------------------------- helpers
@@ -44,6 +45,22 @@ def split_qkv(host, H, KV, hd):
     T = host.shape[0]
     q, k, v = np.split(host, [H * hd, (H + KV) * hd], axis=1)
     return q.reshape(T, H, hd), k.reshape(T, KV, hd), v.reshape(T, KV, hd)
+
+
+def cache_rows(pos, T):
+    return max(24, pos + T + 5)
+
+
+def cache_with_history(device, rng, pos, T, KV, hd, dtype):
+    """(cache, k_cache, v_cache, history): one stacked [2, S, KV, hd] cache whose rows before
+    pos hold random history and rows from pos on are NaN, so a kernel that reads rows it
+    has not written, or writes past pos + T - 1, shows."""
+    S = cache_rows(pos, T)
+    host = np.full((2, S, KV, hd), np.nan)
+    host[:, :pos] = rng.standard_normal((2, pos, KV, hd))
+    cache = upload(device, host, dtype)
+    k_cache, v_cache = (cache.narrow(0, i, 1).view(S, KV, hd) for i in (0, 1))
+    return cache, k_cache, v_cache, cache.numpy()[:, :pos]
 
 
 def dense(device, w, dtype):
@@ -115,19 +132,18 @@ def test_rope(backend, dtype, rng, heads_cfg, T, pos):
     np.testing.assert_array_equal(v_got, before[2], err_msg="rope changed v")
 
 
+# one token at 1,100 keys: a GPU decode kernel splits them over many blocks and merges
+LONG = (1, 1100)
+
+
 @pytest.mark.parametrize("heads_cfg", sorted(HEADS))
-@pytest.mark.parametrize("T,pos", [(1, 0), (1, 13), (6, 0), (5, 11)])
+@pytest.mark.parametrize("T,pos", [(1, 0), (1, 13), (6, 0), (5, 11), LONG])
 def test_attention(backend, dtype, rng, heads_cfg, T, pos):
     """Cache rows before pos hold history, rows from pos on are NaN: the kernel must write
     rows pos..pos+T-1 and never read past them."""
     H, KV, hd = HEADS[heads_cfg]
-    S, n = 24, pos + T
     qkv, q, k, v = fused_qkv(backend, rng, T, H, KV, hd, dtype)
-    cache_host = np.full((2, S, KV, hd), np.nan)
-    cache_host[:, :pos] = rng.standard_normal((2, pos, KV, hd))
-    cache = upload(backend, cache_host, dtype)
-    k_cache, v_cache = (cache.narrow(0, i, 1).view(S, KV, hd) for i in (0, 1))
-    history = cache.numpy()[:, :pos]
+    cache, k_cache, v_cache, history = cache_with_history(backend, rng, pos, T, KV, hd, dtype)
     q_used, k_used, v_used = split_qkv(qkv.numpy(), H, KV, hd)
     attn, whole = poisoned(backend, (T, H * hd), dtype)
     out = attn.view(T, H, hd)
@@ -140,9 +156,37 @@ def test_attention(backend, dtype, rng, heads_cfg, T, pos):
     want = reference.attention(q_used, k_all, v_all, pos, scale)
     check_out(backend, attn, whole, want.reshape(T, H * hd), dtype, "attention")
     got_cache = read(backend, cache)
-    np.testing.assert_array_equal(got_cache[0, :n], k_all, err_msg="k cache rows")
-    np.testing.assert_array_equal(got_cache[1, :n], v_all, err_msg="v cache rows")
-    assert np.isnan(got_cache[:, n:]).all(), "attention wrote cache rows past pos + T"
+    np.testing.assert_array_equal(got_cache[0, :pos + T], k_all, err_msg="k cache rows")
+    np.testing.assert_array_equal(got_cache[1, :pos + T], v_all, err_msg="v cache rows")
+    assert np.isnan(got_cache[:, pos + T:]).all(), "attention wrote cache rows past pos + T"
+
+
+@pytest.mark.parametrize("heads_cfg", sorted(HEADS))
+@pytest.mark.parametrize("T,pos", [(1, 0), (1, 13), (5, 11), LONG])
+def test_rope_attention(backend, dtype, rng, heads_cfg, T, pos):
+    """rope then attention in one op: the output of the rotated q and keys, the cache holding
+    the rotated keys (rounded as rope's in-place result would be)."""
+    fn = optional_kernel(backend, "rope_attention")
+    H, KV, hd = HEADS[heads_cfg]
+    qkv, q, k, v = fused_qkv(backend, rng, T, H, KV, hd, dtype)
+    cache, k_cache, v_cache, history = cache_with_history(backend, rng, pos, T, KV, hd, dtype)
+    q_used, k_used, v_used = split_qkv(qkv.numpy(), H, KV, hd)
+    cos, sin = reference.rope_tables(hd, cache_rows(pos, T), 10000.0)
+    q_rot, k_rot = (reference.rope(x, pos, cos, sin) for x in (q_used, k_used))
+    attn, whole = poisoned(backend, (T, H * hd), dtype)
+    scale = 1.0 / np.sqrt(hd)
+    fn(attn.view(T, H, hd).native, q.native, k.native, v.native, k_cache.native, v_cache.native,
+       backend.upload(np.array([pos], np.int32)).native, backend.upload(cos, "float32").native,
+       backend.upload(sin, "float32").native, scale)
+    k_all = np.concatenate([history[0], k_rot])
+    v_all = np.concatenate([history[1], v_used])
+    want = reference.attention(q_rot, k_all, v_all, pos, scale)
+    check_out(backend, attn, whole, want.reshape(T, H * hd), dtype, "rope_attention")
+    got_cache = read(backend, cache)
+    np.testing.assert_array_equal(got_cache[0, :pos], history[0], err_msg="k cache history")
+    assert_close(got_cache[0, pos:pos + T], k_rot, dtype, "rotated keys in the cache")
+    np.testing.assert_array_equal(got_cache[1, :pos + T], v_all, err_msg="v cache rows")
+    assert np.isnan(got_cache[:, pos + T:]).all(), "rope_attention wrote rows past pos + T"
 
 
 @pytest.mark.parametrize("T", [1, 6])
@@ -216,6 +260,53 @@ def test_rmsnorm_linear(backend, dtype, rng, T):
     fn(out.native, x.native, norm.native, eps, w)
     want = reference.linear(reference.rmsnorm(x.numpy(), norm.numpy(), eps), w_used)
     check_out(backend, out, whole, want, dtype, "rmsnorm_linear")
+
+
+def swiglu_reference(x, norm, eps, w):
+    gate_up = reference.linear(reference.rmsnorm(x, norm, eps), w)
+    gate, up = np.split(gate_up, 2, axis=1)
+    return reference.silu_mul(gate, up)
+
+
+@pytest.mark.parametrize("T", [1, 6])
+def test_rmsnorm_swiglu(backend, dtype, rng, T):
+    fn = optional_kernel(backend, "rmsnorm_swiglu")
+    F, K, eps = 23, 67, 1e-5
+    x = upload(backend, rng.standard_normal((T, K)) * 2, dtype)
+    norm = upload(backend, 1 + 0.3 * rng.standard_normal(K), dtype)
+    w, w_used = dense(backend, rng.standard_normal((2 * F, K)) / np.sqrt(K), dtype)
+    out, whole = poisoned(backend, (T, F), dtype)
+    fn(out.native, x.native, norm.native, eps, w)
+    check_out(backend, out, whole, swiglu_reference(x.numpy(), norm.numpy(), eps, w_used),
+              dtype, "rmsnorm_swiglu")
+
+
+@pytest.mark.parametrize("op", ["linear", "linear_add", "rmsnorm_linear", "rmsnorm_swiglu"])
+@pytest.mark.parametrize("N,K", [(19, 5632), (13, 4611)])
+def test_one_token_over_long_rows(backend, dtype, rng, op, N, K):
+    """Rows longer than a GPU GEMV loads at once (walked in tiles), K a multiple of 8 (16-byte
+    pieces) or not."""
+    fn = kernel(backend, op) if op == "linear" else optional_kernel(backend, op)
+    rows = 2 * N if op == "rmsnorm_swiglu" else N
+    x = upload(backend, rng.standard_normal((1, K)) * 2, dtype)
+    w, w_used = dense(backend, rng.standard_normal((rows, K)) / np.sqrt(K), dtype)
+    out, whole = poisoned(backend, (1, N), dtype)
+    eps = 1e-5
+    norm = upload(backend, 1 + 0.3 * rng.standard_normal(K), dtype)
+    residual = upload(backend, rng.standard_normal((1, N)), dtype)
+    if op == "linear":
+        fn(out.native, x.native, w)
+        want = reference.linear(x.numpy(), w_used)
+    elif op == "linear_add":
+        fn(out.native, x.native, w, residual.native)
+        want = reference.add(residual.numpy(), reference.linear(x.numpy(), w_used))
+    elif op == "rmsnorm_linear":
+        fn(out.native, x.native, norm.native, eps, w)
+        want = reference.linear(reference.rmsnorm(x.numpy(), norm.numpy(), eps), w_used)
+    else:
+        fn(out.native, x.native, norm.native, eps, w)
+        want = swiglu_reference(x.numpy(), norm.numpy(), eps, w_used)
+    check_out(backend, out, whole, want, dtype, op)
 
 
 SAMPLING = {                      # (temperature, top_k, top_p, min_p)

@@ -16,8 +16,9 @@ from polyllama.smoke import smoke_test
 assert polyllama.__file__.startswith({site!r}), polyllama.__file__
 reg = polyllama.get_registry()
 assert {{"cpu_numpy", "cuda_triton", "cuda_cupy"}} <= set(reg.backends), reg.backends
-# cuda:cupy compiles its kernel source at run time: the wheel must carry it
-assert (importlib.resources.files("polyllama.plugins.cuda_cupy") / "kernels.cu").is_file()
+# cuda:cupy compiles its kernel sources at run time: the wheel must carry them
+here = importlib.resources.files("polyllama.plugins.cuda_cupy")
+assert all((here / name).is_file() for name in ("common.cuh", "kernels.cu", "gemv.cu"))
 assert not reg.failures, reg.failures
 print(smoke_test("cpu:numpy"))
 """

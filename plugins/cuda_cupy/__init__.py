@@ -11,7 +11,7 @@ from polyllama import hookimpl
 
 PKG = "polyllama.plugins.cuda_cupy"
 OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add", "argmax",
-       "linear_add", "rmsnorm_linear", "rmsnorm_swiglu", "advance")
+       "linear_add", "rmsnorm_linear", "rmsnorm_swiglu", "rope_attention", "advance")
 FIX = "pip install 'polyllama[cuda-cupy]' (cupy-cuda12x; cupy-cuda13x for CUDA 13 drivers)"
 
 

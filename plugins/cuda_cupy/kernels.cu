@@ -1,21 +1,9 @@
-// cuda:cupy kernels (compiled by NVRTC through cupy.RawModule; see kernels.py).
-// T names the storage type of the activations and weights: float, __half or __nv_bfloat16;
-// math is float32. Every pointer comes with its strides in elements, so the kernels work on the
-// executor's column views (q, k, v of one qkv buffer; gate and up of one w1|w3 output).
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
-
+// cuda:cupy kernels but the GEMV (compiled by NVRTC after common.cuh; see kernels.py, which
+// also defines the limits ATTN_WARPS, MAX_HD, DEC_WARPS, MAX_G and MAX_SPLITS). Every pointer
+// comes with its strides in elements, so the kernels work on the executor's column views
+// (q, k, v of one qkv buffer; gate and up of one w1|w3 output). Each kernel calls pdl_start
+// before it reads anything an earlier kernel writes.
 #define NEG_INF __int_as_float(0xff800000)     // NVRTC has no math.h INFINITY
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
-    return __float2bfloat16_rn(x);
-}
 
 // The sum of v over the block (every thread gets it); blockDim.x is a multiple of 32.
 __device__ float block_sum(float v) {
@@ -34,6 +22,7 @@ __device__ float block_sum(float v) {
 template <typename T>
 __device__ void embedding(T* out, const T* table, const int* ids, int D, long long s_out,
                           long long s_tab) {
+    pdl_start();
     int t = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c < D) out[t * s_out + c] = table[(long long)ids[t] * s_tab + c];
 }
@@ -42,6 +31,7 @@ __device__ void embedding(T* out, const T* table, const int* ids, int D, long lo
 template <typename T>
 __device__ void rmsnorm(T* out, const T* x, const T* w, int D, float eps, long long s_out,
                         long long s_x) {
+    pdl_start();
     const T* row = x + blockIdx.x * s_x;
     float ss = 0.0f;
     for (int c = threadIdx.x; c < D; c += blockDim.x) { float v = to_f(row[c]); ss += v * v; }
@@ -55,6 +45,7 @@ template <typename T>
 __device__ void rope(T* q, T* k, const int* pos, const float* cos_t, const float* sin_t,
                      int H, int hd, long long sq_t, long long sq_h, long long sk_t,
                      long long sk_h, long long s_tab) {
+    pdl_start();
     int t = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
     if (i >= hd / 2) return;
     T* x = h < H ? q + t * sq_t + h * sq_h : k + t * sk_t + (h - H) * sk_h;
@@ -69,6 +60,7 @@ __device__ void rope(T* q, T* k, const int* pos, const float* cos_t, const float
 template <typename T>
 __device__ void silu_mul(T* out, const T* gate, const T* up, int N, long long s_out,
                          long long s_g, long long s_u) {
+    pdl_start();
     int t = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= N) return;
     float g = to_f(gate[t * s_g + c]);
@@ -78,6 +70,7 @@ __device__ void silu_mul(T* out, const T* gate, const T* up, int N, long long s_
 template <typename T>
 __device__ void add(T* out, const T* a, const T* b, int N, long long s_out, long long s_a,
                     long long s_b) {
+    pdl_start();
     int t = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c < N) out[t * s_out + c] = from_f<T>(to_f(a[t * s_a + c]) + to_f(b[t * s_b + c]));
 }
@@ -93,18 +86,10 @@ __device__ __forceinline__ bool beats(float v, int i, float bv, int bi, int V) {
     return i < bi;
 }
 
-// grid (T): the index of the first largest logit (the first NaN if any, as numpy.argmax)
-template <typename T>
-__device__ void argmax(int* out, const T* logits, int V, long long s_l) {
+// The block's best (value, index) by beats, in thread 0.
+__device__ void block_best(float& bv, int& bi, int V) {
     __shared__ float best_v[32];
     __shared__ int best_i[32];
-    const T* row = logits + blockIdx.x * s_l;
-    float bv = 0.0f;
-    int bi = V;
-    for (int c = threadIdx.x; c < V; c += blockDim.x) {
-        float v = to_f(row[c]);
-        if (beats(v, c, bv, bi, V)) { bv = v; bi = c; }
-    }
     for (int o = 16; o > 0; o >>= 1) {
         float ov = __shfl_xor_sync(0xffffffff, bv, o);
         int oi = __shfl_xor_sync(0xffffffff, bi, o);
@@ -113,101 +98,67 @@ __device__ void argmax(int* out, const T* logits, int V, long long s_l) {
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (lane == 0) { best_v[warp] = bv; best_i[warp] = bi; }
     __syncthreads();
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0)
         for (int w = 1; w < blockDim.x / 32; ++w)
             if (beats(best_v[w], best_i[w], bv, bi, V)) { bv = best_v[w]; bi = best_i[w]; }
-        out[blockIdx.x] = bi;
+}
+
+// grid (T, chunks of ARGMAX_CHUNK logits), ARGMAX_THREADS threads: the index of the first
+// largest logit (the first NaN if any, as numpy.argmax). A block finds its chunk's best (all
+// its loads in flight at once); the last block of a row to finish (an atomic counter tells)
+// picks among the chunks' bests, which part_v and part_i [T, chunks] hold.
+template <typename T>
+__device__ void argmax(int* out, float* part_v, int* part_i, int* counters, const T* logits,
+                       int V, long long s_l) {
+    constexpr int EACH = ARGMAX_CHUNK / ARGMAX_THREADS;
+    __shared__ bool last;
+    pdl_start();
+    int t = blockIdx.x, chunks = gridDim.y;
+    const T* row = logits + t * s_l;
+    int begin = blockIdx.y * ARGMAX_CHUNK, end = min(begin + ARGMAX_CHUNK, V);
+    float v[EACH];
+#pragma unroll
+    for (int i = 0; i < EACH; ++i) v[i] = to_f(row[min(begin + threadIdx.x + i * ARGMAX_THREADS,
+                                                       V - 1)]);
+    float bv = 0.0f;
+    int bi = V;
+#pragma unroll
+    for (int i = 0; i < EACH; ++i) {
+        int c = begin + threadIdx.x + i * ARGMAX_THREADS;
+        if (c < end && beats(v[i], c, bv, bi, V)) { bv = v[i]; bi = c; }
+    }
+    block_best(bv, bi, V);
+    int* arrivals = counters + t;
+    if (threadIdx.x == 0) {
+        part_v[t * chunks + blockIdx.y] = bv;
+        part_i[t * chunks + blockIdx.y] = bi;
+        __threadfence();                              // the best, before the arrival
+        last = atomicAdd(arrivals, 1) == chunks - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    bv = 0.0f;
+    bi = V;
+    for (int c = threadIdx.x; c < chunks; c += ARGMAX_THREADS) {
+        float cv = __ldcg(part_v + t * chunks + c);
+        int ci = __ldcg(part_i + t * chunks + c);
+        if (beats(cv, ci, bv, bi, V)) { bv = cv; bi = ci; }
+    }
+    block_best(bv, bi, V);
+    if (threadIdx.x == 0) {
+        out[t] = bi;
+        *arrivals = 0;                                // ready for the next step
     }
 }
 
 // Ends a replayed decode step (one thread): the picked id waits in slot pos % R, where the
 // next R - 1 steps leave it alone, and the next step finds its position on the device.
 extern "C" __global__ void advance(int* pos, const int* ids, int* picked, int R) {
+    pdl_start();
     int p = pos[0];
     picked[p % R] = ids[0];
     pos[0] = p + 1;
-}
-
-// One token: grid (row blocks), a warp per row; 16-byte loads where K and the row stride
-// allow them (vec), else one value per lane; weights are read once, so their loads skip L1.
-// A warp keeps GEMV_AHEAD pieces per lane in flight, the first ones issued before the norm.
-// NORM: x is RMS-normed with weight g first (its scale applied to the row sums); SWIGLU: w
-// holds 2N rows, gate then up, and out = silu(gate) * up; residual (or null) is added.
-#define GEMV_AHEAD 2
-template <typename T, bool NORM, bool SWIGLU>
-__device__ void gemv(T* out, const T* x, const T* g, const T* w, const T* residual, int N,
-                     int K, long long s_w, int vec, float eps) {
-    constexpr int PER = 16 / sizeof(T), STEP = 32 * PER * GEMV_AHEAD;
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    const T* wr = w + min(row, N - 1) * s_w;
-    const T* ur = wr + (long long)N * s_w;
-    uint4 wb[GEMV_AHEAD], ub[GEMV_AHEAD];
-    if (vec) {
-#pragma unroll
-        for (int j = 0; j < GEMV_AHEAD; ++j) {
-            int c = min((lane + 32 * j) * PER, K - PER);   // past K: a valid piece, unused
-            wb[j] = __ldcs(reinterpret_cast<const uint4*>(wr + c));
-            if (SWIGLU) ub[j] = __ldcs(reinterpret_cast<const uint4*>(ur + c));
-        }
-    }
-    float inv = 1.0f;
-    if (NORM) {                                        // every thread, before any returns
-        float ss = 0.0f;
-        for (int c = threadIdx.x; c < K; c += blockDim.x) { float v = to_f(x[c]); ss += v * v; }
-        inv = rsqrtf(block_sum(ss) / K + eps);
-    }
-    if (row >= N) return;
-    float acc = 0.0f, acc_u = 0.0f;
-    if (vec) {
-        for (int base = 0; base < K; base += STEP) {
-            uint4 wn[GEMV_AHEAD], un[GEMV_AHEAD];
-#pragma unroll
-            for (int j = 0; j < GEMV_AHEAD; ++j) {     // the next pieces, while these are summed
-                int c = min(base + STEP + (lane + 32 * j) * PER, K - PER);
-                wn[j] = __ldcs(reinterpret_cast<const uint4*>(wr + c));
-                if (SWIGLU) un[j] = __ldcs(reinterpret_cast<const uint4*>(ur + c));
-            }
-#pragma unroll
-            for (int j = 0; j < GEMV_AHEAD; ++j) {
-                int c = base + (lane + 32 * j) * PER;
-                if (c >= K) break;
-                uint4 xv = *reinterpret_cast<const uint4*>(x + c);
-                uint4 gv;
-                if (NORM) gv = *reinterpret_cast<const uint4*>(g + c);
-                const T* wp = reinterpret_cast<const T*>(&wb[j]);
-                const T* up = reinterpret_cast<const T*>(&ub[j]);
-                const T* xp = reinterpret_cast<const T*>(&xv);
-                const T* gp = reinterpret_cast<const T*>(&gv);
-#pragma unroll
-                for (int e = 0; e < PER; ++e) {
-                    float xe = NORM ? to_f(xp[e]) * to_f(gp[e]) : to_f(xp[e]);
-                    acc += to_f(wp[e]) * xe;
-                    if (SWIGLU) acc_u += to_f(up[e]) * xe;
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < GEMV_AHEAD; ++j) {
-                wb[j] = wn[j];
-                if (SWIGLU) ub[j] = un[j];
-            }
-        }
-    } else {
-        for (int c = lane; c < K; c += 32) {
-            float xe = NORM ? to_f(x[c]) * to_f(g[c]) : to_f(x[c]);
-            acc += to_f(wr[c]) * xe;
-            if (SWIGLU) acc_u += to_f(ur[c]) * xe;
-        }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        acc += __shfl_xor_sync(0xffffffff, acc, o);
-        if (SWIGLU) acc_u += __shfl_xor_sync(0xffffffff, acc_u, o);
-    }
-    if (lane == 0) {
-        float y = acc * inv;
-        if (SWIGLU) y = y / (1.0f + expf(-y)) * (acc_u * inv);
-        if (residual) y += to_f(residual[row]);
-        out[row] = from_f<T>(y);
-    }
 }
 
 // grid (T, element blocks); writes the T new keys and values into cache rows pos[0] ..
@@ -215,6 +166,7 @@ template <typename T>
 __device__ void cache_write(T* kc, T* vc, const T* k, const T* v, const int* pos, int KV, int hd,
                             long long s_kt, long long s_kh, long long s_vt, long long s_vh,
                             long long s_c) {
+    pdl_start();
     int t = blockIdx.x, e = blockIdx.y * blockDim.x + threadIdx.x;
     if (e >= KV * hd) return;
     long long row = (long long)(pos[0] + t) * s_c;
@@ -226,13 +178,12 @@ __device__ void cache_write(T* kc, T* vc, const T* k, const T* v, const int* pos
 // More tokens: grid (T, H), ATTN_WARPS warps; query t sees the keys 0..pos[0]+t. An online
 // softmax per warp (a key per warp step, head dims over lanes), the warps merged in shared
 // memory.
-#define ATTN_WARPS 4
-#define MAX_HD 256
 template <typename T>
 __device__ void attention_prefill(T* out, const T* q, const T* kc, const T* vc, const int* pos,
                                   int H, int KV, int hd, float scale, long long s_qt,
                                   long long s_qh, long long s_ot, long long s_oh, long long s_c) {
     __shared__ float sm_m[ATTN_WARPS], sm_l[ATTN_WARPS], sm_acc[ATTN_WARPS][MAX_HD];
+    pdl_start();
     int t = blockIdx.x, h = blockIdx.y;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int n = pos[0] + t + 1;                            // visible keys
@@ -283,52 +234,52 @@ __device__ void attention_prefill(T* out, const T* q, const T* kc, const T* vc, 
     }
 }
 
+// Element d of a head rotated by RoPE: the pair (x[2i], x[2i+1]) turns by the angle of
+// cos[i], sin[i]; x is element d, partner element d ^ 1. Rounded to T, as rope's in-place
+// result would be.
+template <typename T>
+__device__ __forceinline__ float rotated(float x, float partner, int d, const float* cos_row,
+                                         const float* sin_row) {
+    float c = cos_row[d / 2], s = sin_row[d / 2];
+    return to_f(from_f<T>(d & 1 ? partner * s + x * c : x * c - partner * s));
+}
+
 // One token: grid (kv heads, splits), DEC_WARPS warps; PER = head dims per lane (hd <= 32 PER).
-// A block reduces its split of the cached keys 0..pos (the new key is in the cache already)
-// for the G <= MAX_G query heads sharing its kv head, so each key and value is read once.
+// A block reduces its split of the keys 0..pos for the G <= MAX_G query heads sharing its kv
+// head, so each key and value is read once. q and the new key are rotated here by the tables'
+// row pos[0] (rope_attention; attention passes tables that rotate by nothing). The new key and
+// value come from k_new and v_new: split 0 writes them into the cache row pos[0], and the
+// block whose tile holds that row puts them into the tile instead of what it read there.
+// Splits are whole tiles of 32 keys, so at short lengths the last splits are empty.
 // Keys come in tiles of 32 through shared memory: warp w owns query heads w, w + DEC_WARPS..,
 // a lane scores one key of the tile, then sums a slice of the head dims over the tile's keys.
 // The last block of a kv head to finish (an atomic counter tells) merges the splits'
 // partials [H, splits, acc | max | sum] and writes out.
-#define DEC_WARPS 4
-#define MAX_G 8
-#define MAX_SPLITS 32
 template <typename T, int PER>
-__device__ void attention_decode(T* out, float* part, int* counters, const T* q, const T* kc,
-                                 const T* vc, const int* pos, int H, int KV, int hd,
-                                 float scale, int splits, long long s_qh, long long s_oh,
-                                 long long s_c) {
+__device__ void attention_decode(T* out, float* part, int* counters, const T* q,
+                                 const T* k_new, const T* v_new, T* kc, T* vc, const int* pos,
+                                 const float* cos_t, const float* sin_t, int H, int KV, int hd,
+                                 float scale, int splits, long long s_qh, long long s_kh,
+                                 long long s_vh, long long s_oh, long long s_c,
+                                 long long s_tab) {
     constexpr int HD = 32 * PER;
-    __shared__ float sk[32][HD + 1], sv[32][HD], sq[MAX_G][HD];
-    __shared__ float sw[MAX_G][MAX_SPLITS], sl[MAX_G][MAX_SPLITS];
+    __shared__ float sk[32][HD + 1], sv[32][HD], sq[MAX_G][HD], fresh_k[HD], fresh_v[HD];
+    __shared__ float part_scores[DEC_WARPS][32];
     __shared__ bool last;
-    int kvh = blockIdx.x, sp = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int G = H / KV, n = pos[0] + 1;
-    int chunk = (n + splits - 1) / splits, start = sp * chunk, end = min(start + chunk, n);
     // Loops over a block's share of a tile run unrolled, their loads unconditional (at a
     // clamped address when out of range): every load is in flight at once, one round trip
     // to memory instead of one per iteration.
     constexpr int THREADS = 32 * DEC_WARPS, Q_EACH = MAX_G * HD / THREADS;
     constexpr int T_EACH = HD / DEC_WARPS;             // 32 keys x HD values over the threads
-#pragma unroll
-    for (int i = 0; i < Q_EACH; ++i) {
-        int e = threadIdx.x + i * THREADS, g = e / HD, d = e % HD;
-        float v = to_f(q[(kvh * G + min(g, G - 1)) * s_qh + min(d, hd - 1)]);
-        sq[g][d] = g < G && d < hd ? v * scale : 0.0f;
-    }
-    constexpr int MINE = MAX_G / DEC_WARPS;            // query heads per warp
-    float m[MINE], l[MINE], acc[MINE][PER];
-#pragma unroll
-    for (int i = 0; i < MINE; ++i) {
-        m[i] = NEG_INF;
-        l[i] = 0.0f;
-#pragma unroll
-        for (int j = 0; j < PER; ++j) acc[i][j] = 0.0f;
-    }
+    int kvh = blockIdx.x, sp = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    // The position and the cached rows before it are the previous steps' work: the first
+    // tile loads before pdl_start, while the kernel before finishes.
+    int G = H / KV, newest = pos[0], n = newest + 1;
+    int chunk = ((n + splits - 1) / splits + 31) / 32 * 32, used = (n + chunk - 1) / chunk;
+    int start = sp * chunk, end = min(start + chunk, n);
     long long col = (long long)kvh * hd;
-    for (int s0 = start; s0 < end; s0 += 32) {
-        __syncthreads();                               // the previous tile is used up
-        float kt[T_EACH], vt[T_EACH];
+    float kt[T_EACH], vt[T_EACH];
+    auto load_tile = [&](int s0) {
 #pragma unroll
         for (int i = 0; i < T_EACH; ++i) {
             int e = threadIdx.x + i * THREADS, r = e / HD, d = e % HD, s = s0 + r;
@@ -338,83 +289,206 @@ __device__ void attention_decode(T* out, float* part, int* counters, const T* q,
             kt[i] = in ? k : 0.0f;
             vt[i] = in ? v : 0.0f;
         }
+    };
+    if (start < end) load_tile(start);
+    pdl_start();
+    const float* cos_row = cos_t + newest * s_tab;
+    const float* sin_row = sin_t + newest * s_tab;
+    const T* k_row = k_new + kvh * s_kh;
+    const T* v_row = v_new + kvh * s_vh;
+    if (start < end) {                                 // a split past the keys only arrives
+#pragma unroll
+        for (int i = 0; i < Q_EACH; ++i) {
+            int e = threadIdx.x + i * THREADS, g = e / HD, d = e % HD, dd = min(d, hd - 1);
+            const T* head = q + (kvh * G + min(g, G - 1)) * s_qh;
+            float x = rotated<T>(to_f(head[dd]), to_f(head[dd ^ 1]), dd, cos_row, sin_row);
+            sq[g][d] = g < G && d < hd ? x * scale : 0.0f;
+        }
+    }
+    if (sp == 0 || (start <= newest && newest < end)) {
+        for (int d = threadIdx.x; d < hd; d += THREADS) {
+            float x = rotated<T>(to_f(k_row[d]), to_f(k_row[d ^ 1]), d, cos_row, sin_row);
+            fresh_k[d] = x;
+            fresh_v[d] = to_f(v_row[d]);
+            if (sp == 0) {
+                kc[newest * s_c + col + d] = from_f<T>(x);
+                vc[newest * s_c + col + d] = v_row[d];
+            }
+        }
+    }
+    // Warps and query heads: with G >= DEC_WARPS warp w takes heads w, w + DEC_WARPS, ...
+    // (up to MINE, computed together so each key and value element is read once for all),
+    // each over all its dims. With fewer heads, KW warps share a head, each taking a slice of
+    // SLICE = HD / KW dims: its part of the scores meets the others' in shared memory, and it
+    // sums the values of its slice.
+    constexpr int MINE = MAX_G / DEC_WARPS;            // query heads per warp
+    const int KW = G >= DEC_WARPS ? 1 : min(DEC_WARPS / G, PER);
+    const int SLICE = HD / KW, first_d = warp % KW * SLICE, LANE_DIMS = PER / KW;
+    int heads[MINE];                                   // this warp's, clamped to a valid one
+    bool mine[MINE];                                   // and whether it is one
+#pragma unroll
+    for (int i = 0; i < MINE; ++i) {
+        int g = KW == 1 ? warp + DEC_WARPS * i : warp / KW;
+        mine[i] = g < G && (KW == 1 || i == 0);
+        heads[i] = min(g, G - 1);
+    }
+    float m[MINE], l[MINE], acc[MINE][PER];
+#pragma unroll
+    for (int i = 0; i < MINE; ++i) {
+        m[i] = NEG_INF;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < PER; ++j) acc[i][j] = 0.0f;
+    }
+    for (int s0 = start; s0 < end; s0 += 32) {
+        __syncthreads();                               // the previous tile is used up
 #pragma unroll
         for (int i = 0; i < T_EACH; ++i) {
             int e = threadIdx.x + i * THREADS;
             sk[e / HD][e % HD] = kt[i];
             sv[e / HD][e % HD] = vt[i];
         }
+        if (s0 + 32 < end) load_tile(s0 + 32);        // the next tile, while this one is used
+        if (s0 <= newest && newest < s0 + 32) {        // the cache row of newest is not
+            __syncthreads();                           // written yet: the new key instead
+            for (int d = threadIdx.x; d < hd; d += THREADS) {
+                sk[newest - s0][d] = fresh_k[d];
+                sv[newest - s0][d] = fresh_v[d];
+            }
+        }
         __syncthreads();
-        bool key = s0 + lane < end;
+        bool key = s0 + lane < end;                    // the lane's key
+        float chains[MINE][4];                         // 4 chains of adds a head, not 1
+#pragma unroll
+        for (int i = 0; i < MINE; ++i)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) chains[i][c] = 0.0f;
+        for (int d0 = first_d; d0 < first_d + SLICE; d0 += 4) {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                float k = sk[lane][d0 + c];
+#pragma unroll
+                for (int i = 0; i < MINE; ++i)
+                    if (mine[i]) chains[i][c] += sq[heads[i]][d0 + c] * k;
+            }
+        }
+        float score[MINE];
+#pragma unroll
+        for (int i = 0; i < MINE; ++i)
+            score[i] = (chains[i][0] + chains[i][1]) + (chains[i][2] + chains[i][3]);
+        if (KW > 1) {                                  // the slices' parts of the score
+            part_scores[warp][lane] = score[0];
+            __syncthreads();
+            float sum = 0.0f;
+            for (int w = warp / KW * KW; w < warp / KW * KW + KW; ++w) sum += part_scores[w][lane];
+            score[0] = sum;
+        }
+        float p[MINE];
 #pragma unroll
         for (int i = 0; i < MINE; ++i) {
-            int g = warp + DEC_WARPS * i;
-            if (g >= G) break;
-            float score = 0.0f;
-#pragma unroll 8
-            for (int d = 0; d < HD; ++d) score += sq[g][d] * sk[lane][d];
-            score = key ? score : NEG_INF;
-            float top = score;
+            float sc = key ? score[i] : NEG_INF, top = sc;
             for (int o = 16; o > 0; o >>= 1) top = fmaxf(top, __shfl_xor_sync(0xffffffff, top, o));
             float m_new = fmaxf(m[i], top), alpha = expf(m[i] - m_new);
-            float p = key ? expf(score - m_new) : 0.0f, sum = p;
+            p[i] = key ? expf(sc - m_new) : 0.0f;
+            float sum = p[i];
             for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
             l[i] = l[i] * alpha + sum;
             m[i] = m_new;
 #pragma unroll
             for (int j = 0; j < PER; ++j) acc[i][j] *= alpha;
-            for (int r = 0; r < 32; ++r) {
-                float pr = __shfl_sync(0xffffffff, p, r);
+        }
 #pragma unroll
-                for (int j = 0; j < PER; ++j) acc[i][j] += pr * sv[r][lane + 32 * j];
+        for (int r = 0; r < 32; ++r) {
+            float pr[MINE];
+#pragma unroll
+            for (int i = 0; i < MINE; ++i) pr[i] = __shfl_sync(0xffffffff, p[i], r);
+#pragma unroll
+            for (int j = 0; j < PER; ++j) {
+                if (j >= LANE_DIMS) break;
+                float v = sv[r][first_d + lane + 32 * j];
+#pragma unroll
+                for (int i = 0; i < MINE; ++i)
+                    if (mine[i]) acc[i][j] += pr[i] * v;
             }
         }
     }
     int row = hd + 2;                                  // a partial: acc, then max, then sum
+    if (sp < used) {
+#pragma unroll
+        for (int i = 0; i < MINE; ++i) {
+            if (!mine[i]) continue;
+            float* dst = part + ((long long)(kvh * G + heads[i]) * splits + sp) * row;
+#pragma unroll
+            for (int j = 0; j < PER; ++j) {
+                int d = first_d + lane + 32 * j;
+                if (j < LANE_DIMS && d < hd) dst[d] = acc[i][j];
+            }
+            if (lane == 0 && warp % KW == 0) { dst[hd] = m[i]; dst[hd + 1] = l[i]; }
+        }
+    }
+    __syncthreads();                                   // the block's partials are written
+    if (threadIdx.x == 0) {
+        __threadfence();                               // and visible, before the arrival
+        last = atomicAdd(counters + kvh, 1) == splits - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    // The merge: warp w takes heads w, w + DEC_WARPS, ... A lane holds its head dims of BATCH
+    // splits' partials with their maxima and sums, all loaded at once (one round trip per
+    // batch), and folds them into a running softmax.
+    constexpr int BATCH = 192 / (MINE * (PER + 2)) < MAX_SPLITS ? 192 / (MINE * (PER + 2))
+                                                                : MAX_SPLITS;
+    const float* partials = part + (long long)kvh * G * splits * row;
+    float top[MINE], total[MINE], num[MINE][PER];
+#pragma unroll
+    for (int i = 0; i < MINE; ++i) {
+        top[i] = NEG_INF;
+        total[i] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < PER; ++j) num[i][j] = 0.0f;
+    }
+    for (int k0 = 0; k0 < used; k0 += BATCH) {
+        float pm[MINE][BATCH], pl[MINE][BATCH], pa[MINE][BATCH][PER];
+#pragma unroll
+        for (int i = 0; i < MINE; ++i) {
+            int g = min(warp + DEC_WARPS * i, G - 1);
+#pragma unroll
+            for (int k = 0; k < BATCH; ++k) {
+                const float* p = partials + ((long long)g * splits + min(k0 + k, used - 1)) * row;
+                pm[i][k] = __ldcg(p + hd);
+                pl[i][k] = __ldcg(p + hd + 1);
+#pragma unroll
+                for (int j = 0; j < PER; ++j) pa[i][k][j] = __ldcg(p + min(lane + 32 * j, hd - 1));
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < MINE; ++i) {
+            float t = top[i];
+#pragma unroll
+            for (int k = 0; k < BATCH; ++k) t = k0 + k < used ? fmaxf(t, pm[i][k]) : t;
+            float keep = expf(top[i] - t);             // 0 on the first batch
+            total[i] *= keep;
+#pragma unroll
+            for (int j = 0; j < PER; ++j) num[i][j] *= keep;
+#pragma unroll
+            for (int k = 0; k < BATCH; ++k) {
+                float f = k0 + k < used ? expf(pm[i][k] - t) : 0.0f;
+                total[i] += f * pl[i][k];
+#pragma unroll
+                for (int j = 0; j < PER; ++j) num[i][j] += f * pa[i][k][j];
+            }
+            top[i] = t;
+        }
+    }
 #pragma unroll
     for (int i = 0; i < MINE; ++i) {
         int g = warp + DEC_WARPS * i;
         if (g >= G) break;
-        float* mine = part + ((long long)(kvh * G + g) * splits + sp) * row;
 #pragma unroll
         for (int j = 0; j < PER; ++j)
-            if (lane + 32 * j < hd) mine[lane + 32 * j] = acc[i][j];
-        if (lane == 0) { mine[hd] = m[i]; mine[hd + 1] = l[i]; }
-    }
-    __threadfence();                                   // the partials, before the arrival
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(counters + kvh, 1) == splits - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    const float* base = part + (long long)kvh * G * splits * row;
-    for (int e = threadIdx.x; e < G * splits; e += blockDim.x) {    // every split's max, sum
-        sw[e / splits][e % splits] = __ldcg(base + (long long)e * row + hd);
-        sl[e / splits][e % splits] = __ldcg(base + (long long)e * row + hd + 1);
-    }
-    __syncthreads();
-    for (int g = threadIdx.x; g < G; g += blockDim.x) {   // each split's weight, the total
-        float top = NEG_INF, total = 0.0f;
-        for (int k = 0; k < splits; ++k) top = fmaxf(top, sw[g][k]);
-        for (int k = 0; k < splits; ++k) {
-            float f = sw[g][k] == NEG_INF ? 0.0f : expf(sw[g][k] - top);   // an empty split
-            total += f * sl[g][k];
-            sw[g][k] = f;
-        }
-        sl[g][0] = total;
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < G * hd; e += blockDim.x) {
-        int g = e / hd, d = e % hd;
-        const float* p = base + (long long)g * splits * row + d;
-        float part_acc[MAX_SPLITS];
-#pragma unroll
-        for (int k = 0; k < MAX_SPLITS; ++k)          // every load in flight at once
-            part_acc[k] = __ldcg(p + min(k, splits - 1) * row);
-        float num = 0.0f;
-#pragma unroll
-        for (int k = 0; k < MAX_SPLITS; ++k) num += k < splits ? sw[g][k] * part_acc[k] : 0.0f;
-        out[(kvh * G + g) * s_oh + d] = from_f<T>(num / sl[g][0]);
+            if (lane + 32 * j < hd)
+                out[(kvh * G + g) * s_oh + lane + 32 * j] = from_f<T>(num[i][j] / total[i]);
     }
     if (threadIdx.x == 0) counters[kvh] = 0;           // ready for the next step
 }
@@ -422,10 +496,11 @@ __device__ void attention_decode(T* out, float* part, int* counters, const T* q,
 // extern "C" entry points, one per op and storage type (kernels.py picks by suffix)
 #define DECODE(T, SUF, PER)                                                                  \
 extern "C" __global__ void attention_decode##PER##_##SUF(T* o, float* p, int* cnt,           \
-    const T* q, const T* kc, const T* vc, const int* pos, int H, int KV, int hd, float scale,\
-    int splits, long long sqh, long long soh, long long sc) {                                \
-    attention_decode<T, PER>(o, p, cnt, q, kc, vc, pos, H, KV, hd, scale, splits, sqh, soh,  \
-                             sc); }
+    const T* q, const T* k, const T* v, T* kc, T* vc, const int* pos, const float* c,         \
+    const float* s, int H, int KV, int hd, float scale, int splits, long long sqh,           \
+    long long skh, long long svh, long long soh, long long sc, long long st) {               \
+    attention_decode<T, PER>(o, p, cnt, q, k, v, kc, vc, pos, c, s, H, KV, hd, scale, splits, \
+                             sqh, skh, svh, soh, sc, st); }
 
 #define FOR_TYPE(T, SUF)                                                                     \
 extern "C" __global__ void embedding_##SUF(T* o, const T* tab, const int* ids, int D,         \
@@ -439,16 +514,8 @@ extern "C" __global__ void silu_mul_##SUF(T* o, const T* g, const T* u, int N, l
     long long sg, long long su) { silu_mul<T>(o, g, u, N, so, sg, su); }                     \
 extern "C" __global__ void add_##SUF(T* o, const T* a, const T* b, int N, long long so,      \
     long long sa, long long sb) { add<T>(o, a, b, N, so, sa, sb); }                          \
-extern "C" __global__ void argmax_##SUF(int* o, const T* l, int V, long long sl) {            \
-    argmax<T>(o, l, V, sl); }                                                                \
-extern "C" __global__ void gemv_##SUF(T* o, const T* x, const T* w, const T* r, int N, int K, \
-    long long sw, int vec) { gemv<T, false, false>(o, x, nullptr, w, r, N, K, sw, vec, 0.0f); } \
-extern "C" __global__ void gemv_norm_##SUF(T* o, const T* x, const T* g, const T* w, int N,   \
-    int K, long long sw, int vec, float eps) {                                               \
-    gemv<T, true, false>(o, x, g, w, nullptr, N, K, sw, vec, eps); }                         \
-extern "C" __global__ void gemv_swiglu_##SUF(T* o, const T* x, const T* g, const T* w, int N, \
-    int K, long long sw, int vec, float eps) {                                               \
-    gemv<T, true, true>(o, x, g, w, nullptr, N, K, sw, vec, eps); }                          \
+extern "C" __global__ void argmax_##SUF(int* o, float* pv, int* pi, int* cnt, const T* l,     \
+    int V, long long sl) { argmax<T>(o, pv, pi, cnt, l, V, sl); }                            \
 extern "C" __global__ void cache_write_##SUF(T* kc, T* vc, const T* k, const T* v,           \
     const int* pos, int KV, int hd, long long a, long long b, long long c, long long d,       \
     long long sc) { cache_write<T>(kc, vc, k, v, pos, KV, hd, a, b, c, d, sc); }             \

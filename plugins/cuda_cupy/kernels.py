@@ -1,15 +1,17 @@
-"""The ops of core/ops.py on CuPy arrays: CUDA C kernels (kernels.cu) and cuBLAS.
+"""The ops of core/ops.py on CuPy arrays: CUDA C kernels (kernels.cu, gemv.cu) and cuBLAS.
 
 Every kernel runs on the current CuPy stream (the device's own, see device.py), so a decode
 step can be captured as a CUDA graph; nothing here allocates while a step runs, except
 workspaces allocated once per shape and kept (the first, eager run of a step makes them).
-One token's linear is a GEMV (a warp per row, 16-byte loads that bypass L1; RMSNorm,
-SwiGLU and the residual add fused); more tokens go through cuBLAS (gemmEx, float32
-accumulation).
+While a step is being recorded, kernels launch with programmatic dependent launch where the
+GPU has it (launch.py), so each one loads its weights while the one before drains.
+One token's linear is a GEMV (gemv.cu; RMSNorm, SwiGLU and the residual add fused); more
+tokens go through cuBLAS (gemmEx, float32 accumulation).
 """
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import cupy
@@ -19,33 +21,65 @@ from cupy_backends.cuda.libs import cublas
 from polyllama.errors import DeviceError
 
 from .device import BF16
+from .launch import launch_pdl
 
 SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", BF16: "bf16"}
 CUDA_TYPE = {"f32": 0, "f16": 2, "bf16": 14}       # cudaDataType: R_32F, R_16F, R_16BF
 COMPUTE_32F = 68                                    # cublasComputeType_t CUBLAS_COMPUTE_32F
 GEMM_DEFAULT = -1
 OP_N, OP_T = 0, 1
+CUDA_NAME = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
 BLOCK = 256
-GEMV_ROWS = BLOCK // 32                             # a warp per row
-ATTN_THREADS = 128                                  # ATTN_WARPS in kernels.cu
-ATTN_MAX_HD = 256                                   # MAX_HD in kernels.cu
-DECODE_THREADS = 128                                # DEC_WARPS in kernels.cu
-DECODE_MAX_G = 8                                    # MAX_G: query heads per kv head
-DECODE_MAX_SPLITS = 32                              # MAX_SPLITS
+GEMV_THREADS = 128
+GEMV_MAX_PIECES = 16        # 16-byte weight pieces a GEMV thread holds (64 registers)
+LIMITS = {                  # the kernels' sizes, given to NVRTC as -D options
+    "ATTN_WARPS": 4,        # prefill attention: warps a (token, head) block
+    "MAX_HD": 256,          # largest head size
+    "DEC_WARPS": 8,         # decode attention: warps a (kv head, split) block
+    "MAX_G": 8,             # query heads per kv head it takes
+    "MAX_SPLITS": 32,       # splits of the cache it merges
+    "ARGMAX_CHUNK": 4096,   # logits an argmax block takes
+    "ARGMAX_THREADS": 256,
+}
+OPTIONS = ("--std=c++17",) + tuple(f"-D{k}={v}" for k, v in LIMITS.items())
 _ONE = np.ones(1, np.float32)
 _ZERO = np.zeros(1, np.float32)
 _workspaces: dict = {}      # per (device, shape, dtype, use); never freed: graphs hold them
 
 
+def _source(name: str) -> str:
+    here = Path(__file__).parent
+    return (here / "common.cuh").read_text() + (here / name).read_text()
+
+
 @functools.lru_cache(maxsize=None)
 def _module(device_id: int):
     with cupy.cuda.Device(device_id):
-        return cupy.RawModule(code=(Path(__file__).parent / "kernels.cu").read_text(),
-                              options=("--std=c++17",))
+        return cupy.RawModule(code=_source("kernels.cu"), options=OPTIONS)
 
 
-def _fn(name: str, like):
-    return _module(like.device.id).get_function(f"{name}_{SUFFIX[like.dtype]}")
+@functools.lru_cache(maxsize=None)
+def _gemv_function(device_id: int, instance: str):
+    """One instance of the gemv template, compiled when first asked for."""
+    with cupy.cuda.Device(device_id):
+        module = cupy.RawModule(code=_source("gemv.cu"), options=OPTIONS,
+                                name_expressions=(instance,))
+        return module.get_function(instance)
+
+
+@functools.lru_cache(maxsize=None)
+def _has_pdl(device_id: int) -> bool:
+    """Compute capability 9.0 on; POLYLLAMA_NO_PDL=1 turns it off (for comparison)."""
+    return (int(cupy.cuda.Device(device_id).compute_capability) >= 90
+            and os.environ.get("POLYLLAMA_NO_PDL", "0") == "0")
+
+
+def _call(function, device_id: int, grid, block: int, args):
+    stream = cupy.cuda.get_current_stream()
+    if stream.is_capturing() and _has_pdl(device_id):
+        launch_pdl(function, grid, block, args, stream)
+    else:
+        function(tuple(grid), (block,), args)
 
 
 def _i(v):
@@ -62,7 +96,9 @@ def _stride(a, dim):
 
 
 def _launch(name, like, grid, block, *args):
-    _fn(name, like)(tuple(grid), (block,), args)
+    device_id = like.device.id
+    _call(_module(device_id).get_function(f"{name}_{SUFFIX[like.dtype]}"), device_id, grid,
+          block, args)
 
 
 def embedding(out, table, ids):
@@ -100,17 +136,23 @@ def add(out, a, b):
 
 def argmax(out, logits):
     T, V = logits.shape
-    _launch("argmax", logits, (T,), 1024, out, logits, _i(V), _l(_stride(logits, 0)))
+    chunks = -(-V // LIMITS["ARGMAX_CHUNK"])
+    best_v = _workspace(logits, (T, chunks), np.float32, "argmax values")
+    best_i = _workspace(logits, (T, chunks), np.int32, "argmax indices")
+    counters = _workspace(logits, (T,), np.int32, "argmax arrivals", zeroed=True)
+    _launch("argmax", logits, (T, chunks), LIMITS["ARGMAX_THREADS"], out, best_v, best_i,
+            counters, logits, _i(V), _l(_stride(logits, 0)))
 
 
 def advance(pos, ids, picked):
-    _module(pos.device.id).get_function("advance")((1,), (1,), (pos, ids, picked,
-                                                                _i(picked.shape[0])))
+    device_id = pos.device.id
+    _call(_module(device_id).get_function("advance"), device_id, (1,), 1,
+          (pos, ids, picked, _i(picked.shape[0])))
 
 
 def _workspace(like, shape, dtype, use, zeroed=False):
-    """A buffer allocated once per (device, shape, dtype, use): attention's split partials
-    and arrival counters, a prefill's normed input or w1|w3 output."""
+    """A buffer allocated once per (device, shape, dtype, use): the split partials and
+    arrival counters of attention and argmax, a prefill's normed input or w1|w3 output."""
     key = (like.device.id, tuple(shape), np.dtype(dtype), use)
     if key not in _workspaces:
         with like.device:
@@ -123,59 +165,125 @@ def _multiprocessors(device_id: int) -> int:
     return cupy.cuda.Device(device_id).attributes["MultiProcessorCount"]
 
 
+@functools.lru_cache(maxsize=None)
+def _no_rotation(device_id: int):
+    """cos and sin tables (one row, read with stride 0) that rotate by nothing."""
+    with cupy.cuda.Device(device_id):
+        half = LIMITS["MAX_HD"] // 2
+        return cupy.ones((1, half), np.float32), cupy.zeros((1, half), np.float32)
+
+
+def rope_attention(out, q, k, v, k_cache, v_cache, pos, cos, sin, scale):
+    """One token: attention_decode rotates q and the new key itself, so no rope kernel runs
+    before it. More tokens: rope, then attention."""
+    if q.shape[0] == 1 and _decodes(q, k_cache):
+        _attention_decode(out, q, k, v, k_cache, v_cache, pos, cos, sin, _stride(cos, 0), scale)
+        return
+    rope(q, k, pos, cos, sin)
+    attention(out, q, k, v, k_cache, v_cache, pos, scale)
+
+
 def attention(out, q, k, v, k_cache, v_cache, pos, scale):
-    """The new keys and values go into the cache first. One token: (kv head, split) blocks,
-    about one per multiprocessor, the last of a kv head merging (attention_decode in
-    kernels.cu). Otherwise a (token, head) block walks the token's visible keys. The split
-    count follows the cache length, not the position, so a recorded step replays at any
-    position."""
+    """One token: attention_decode (kernels.cu). More tokens: their keys and values go into
+    the cache first, then a (token, head) block walks the token's visible keys."""
     T, H, hd = q.shape
-    S, KV, _ = k_cache.shape
-    G = H // KV
-    if hd > ATTN_MAX_HD:
-        raise DeviceError(f"cuda:cupy attention takes head sizes up to {ATTN_MAX_HD}; this "
-                          f"model's is {hd}: run it on cuda:triton or cpu:numpy")
-    assert k_cache.flags.c_contiguous and v_cache.flags.c_contiguous
+    KV = k_cache.shape[1]
+    if T == 1 and _decodes(q, k_cache):
+        cos, sin = _no_rotation(q.device.id)
+        _attention_decode(out, q, k, v, k_cache, v_cache, pos, cos, sin, 0, scale)
+        return
+    _check_attention(q, k, v, k_cache, v_cache)
     _launch("cache_write", k, (T, -(-KV * hd // BLOCK)), BLOCK, k_cache, v_cache, k, v, pos,
             _i(KV), _i(hd), _l(_stride(k, 0)), _l(_stride(k, 1)), _l(_stride(v, 0)),
             _l(_stride(v, 1)), _l(_stride(k_cache, 0)))
-    per = -(-hd // 32)
-    if T == 1 and G <= DECODE_MAX_G and per in (1, 2, 4):
-        splits = max(1, min(DECODE_MAX_SPLITS, _multiprocessors(q.device.id) // KV, S))
-        part = _workspace(q, (H, splits, hd + 2), np.float32, "attention")
-        counters = _workspace(q, (KV,), np.int32, "arrivals", zeroed=True)
-        _launch(f"attention_decode{per}", q, (KV, splits), DECODE_THREADS, out, part, counters,
-                q, k_cache, v_cache, pos, _i(H), _i(KV), _i(hd), np.float32(scale),
-                _i(splits), _l(_stride(q, 1)), _l(_stride(out, 1)), _l(_stride(k_cache, 0)))
-        return
-    _launch("attention_prefill", q, (T, H), ATTN_THREADS, out, q, k_cache, v_cache, pos,
-            _i(H), _i(KV), _i(hd), np.float32(scale), _l(_stride(q, 0)), _l(_stride(q, 1)),
-            _l(_stride(out, 0)), _l(_stride(out, 1)), _l(_stride(k_cache, 0)))
+    _launch("attention_prefill", q, (T, H), 32 * LIMITS["ATTN_WARPS"], out, q, k_cache,
+            v_cache, pos, _i(H), _i(KV), _i(hd), np.float32(scale), _l(_stride(q, 0)),
+            _l(_stride(q, 1)), _l(_stride(out, 0)), _l(_stride(out, 1)),
+            _l(_stride(k_cache, 0)))
+
+
+def _check_attention(q, k, v, k_cache, v_cache):
+    hd = q.shape[2]
+    if hd > LIMITS["MAX_HD"]:
+        raise DeviceError(f"cuda:cupy attention takes head sizes up to {LIMITS['MAX_HD']}; "
+                          f"this model's is {hd}: run it on cuda:triton or cpu:numpy")
+    assert k_cache.flags.c_contiguous and v_cache.flags.c_contiguous
+    assert all(_stride(a, 2) == 1 for a in (q, k, v)), "attention needs unit stride in heads"
+
+
+def _decodes(q, k_cache):
+    """Whether attention_decode takes this shape: query heads per kv head up to MAX_G, head
+    sizes 32, 64 or 128 lanes' worth."""
+    H, hd = q.shape[1:]
+    return H // k_cache.shape[1] <= LIMITS["MAX_G"] and -(-hd // 32) in (1, 2, 4)
+
+
+def _attention_decode(out, q, k, v, k_cache, v_cache, pos, cos, sin, s_tab, scale):
+    """(kv head, split) blocks, about one per multiprocessor, the last of a kv head merging.
+    The split count follows the cache length, not the position, so a recorded step replays
+    at any position."""
+    _check_attention(q, k, v, k_cache, v_cache)
+    _, H, hd = q.shape
+    S, KV, _ = k_cache.shape
+    splits = max(1, min(LIMITS["MAX_SPLITS"], _multiprocessors(q.device.id) // KV, S))
+    part = _workspace(q, (H, splits, hd + 2), np.float32, "attention")
+    counters = _workspace(q, (KV,), np.int32, "arrivals", zeroed=True)
+    _launch(f"attention_decode{-(-hd // 32)}", q, (KV, splits), 32 * LIMITS["DEC_WARPS"], out,
+            part, counters, q, k, v, k_cache, v_cache, pos, cos, sin, _i(H), _i(KV), _i(hd),
+            np.float32(scale), _i(splits), _l(_stride(q, 1)), _l(_stride(k, 1)),
+            _l(_stride(v, 1)), _l(_stride(out, 1)), _l(_stride(k_cache, 0)), _l(s_tab))
 
 
 def _vectorizable(x, w, g=None):
     """Whether the GEMV may read w's rows, x (and g) in 16-byte pieces."""
     per = 16 // w.itemsize
     aligned = all(a.data.ptr % 16 == 0 for a in (x, w) + ((g,) if g is not None else ()))
-    return (w.shape[1] % per == 0 and _stride(w, 0) % per == 0 and aligned
-            and _stride(x, 1) == 1)
+    return w.shape[1] % per == 0 and _stride(w, 0) % per == 0 and aligned
 
 
 def _check(x, W):
-    if W.dtype != x.dtype or _stride(W, 1) != 1:
+    if W.dtype != x.dtype or _stride(W, 1) != 1 or _stride(x, 1) != 1:
         raise ValueError(f"cuda:cupy linear needs a row-major weight of the input's dtype "
-                         f"({W.dtype}, strides {W.strides})")
+                         f"and an input with unit stride along K (weight {W.dtype}, strides "
+                         f"{W.strides}; input {x.dtype}, strides {x.strides})")
+
+
+def _gemv_config(N, K, swiglu, itemsize):
+    """(threads, ROWS, VECS, TILED) of gemv.cu for an output of N rows over K columns: 4 weight
+    rows to a block (2 gate and 2 up rows for SwiGLU), loaded whole where they fit
+    GEMV_MAX_PIECES; longer rows in tiles of one piece a thread for twice the threads, two
+    tiles held at once, and half the rows for wide outputs. Swept in whole decode steps
+    (TinyLlama, Llama-2-7B)."""
+    threads = GEMV_THREADS
+    held = 2 if swiglu else 1                       # weight rows an output row reads
+    whole = -(-K // (threads * (16 // itemsize)))
+    if 4 * whole <= GEMV_MAX_PIECES:
+        return threads, 4 // held, whole, False
+    return 2 * threads, (4 if N <= 2048 else 2) // held, 1, True
+
+
+def _gemv(out, x, W, N, residual=None, g=None, eps=0.0, swiglu=False):
+    """One token: out[0, :N] (see gemv.cu for what NORM and SWIGLU fuse)."""
+    K = x.shape[1]
+    _check(x, W)
+    threads, rows, vecs, tiled = _gemv_config(N, K, swiglu, W.itemsize)
+    flags = (g is not None, swiglu, rows, vecs, _vectorizable(x, W, g), tiled)
+    instance = (f"gemv<{CUDA_NAME[SUFFIX[W.dtype]]}, "
+                + ", ".join(str(f).lower() for f in flags) + ">")
+    device_id = W.device.id
+    null = np.uint64(0)
+    _call(_gemv_function(device_id, instance), device_id, (-(-N // rows),), threads,
+          (out, x, null if g is None else g, W, null if residual is None else residual,
+           _i(N), _i(K), _l(_stride(W, 0)), np.float32(eps)))
 
 
 def _run(out, x, W, residual=None):
     T, K = x.shape
     N = W.shape[0]
-    _check(x, W)
     if T == 1:
-        _launch("gemv", out, (-(-N // GEMV_ROWS),), BLOCK, out, x, W,
-                residual if residual is not None else np.uint64(0), _i(N), _i(K),
-                _l(_stride(W, 0)), _i(_vectorizable(x, W)))
+        _gemv(out, x, W, N, residual)
         return
+    _check(x, W)
     if residual is not None and residual.data.ptr != out.data.ptr:
         out[...] = residual
     # row-major out[T, N] = x[T, K] W[N, K]^T is column-major out^T = W^T^T x^T
@@ -185,13 +293,6 @@ def _run(out, x, W, residual=None):
                   W.data.ptr, kind, _stride(W, 0), x.data.ptr, kind, _stride(x, 0),
                   beta.ctypes.data, out.data.ptr, kind, _stride(out, 0), COMPUTE_32F,
                   GEMM_DEFAULT)
-
-
-def _normed_gemv(name, out, x, weight, eps, W, N):
-    K = x.shape[1]
-    _check(x, W)
-    _launch(name, out, (-(-N // GEMV_ROWS),), BLOCK, out, x, weight, W, _i(N), _i(K),
-            _l(_stride(W, 0)), _i(_vectorizable(x, W, weight)), np.float32(eps))
 
 
 def linear(out, x, w):
@@ -205,7 +306,7 @@ def linear_add(out, x, w, residual):
 def rmsnorm_linear(out, x, weight, eps, w):
     W = w.parts["w"]
     if x.shape[0] == 1:
-        _normed_gemv("gemv_norm", out, x, weight, eps, W, W.shape[0])
+        _gemv(out, x, W, W.shape[0], g=weight, eps=eps)
         return
     h = _workspace(x, x.shape, x.dtype, "normed")
     rmsnorm(h, x, weight, eps)
@@ -216,7 +317,7 @@ def rmsnorm_swiglu(out, x, weight, eps, w):
     W = w.parts["w"]
     T, F = out.shape
     if T == 1:
-        _normed_gemv("gemv_swiglu", out, x, weight, eps, W, F)
+        _gemv(out, x, W, F, g=weight, eps=eps, swiglu=True)
         return
     h = _workspace(x, x.shape, x.dtype, "normed")
     gu = _workspace(x, (T, 2 * F), x.dtype, "gate|up")

@@ -1,0 +1,134 @@
+// One token's linear (compiled by NVRTC after common.cuh; kernels.py names the instance it
+// needs, e.g. gemv<__nv_bfloat16, true, false, 2, 2, true, false>):
+//   out[n] = sum_k W[n, k] x[k] (+ residual[n])
+// NORM: x is RMS-normed with weight g first (its scale applied to the row sums). SWIGLU: W
+// holds 2N rows, gate then up, and out = silu(gate) * up.
+//
+// Grid (row blocks). A block owns ROWS output rows (SWIGLU: ROWS gate rows and their up rows)
+// and its threads share the columns in pieces of PER values, VECS pieces a row per thread and
+// tile: a tile is blockDim.x * PER * VECS columns. The first tile loads before pdl_start, so
+// weights stream while the kernel before finishes; TILED = false means a row fits one tile
+// and loads whole. Otherwise each next tile loads while the current one is summed.
+// VEC: a piece is one 16-byte load (K and the row stride multiples of PER, 16-byte aligned);
+// else PER loads of one value. Weights are read once per step: their loads are streaming
+// (__ldcs), so they do not push out of L2 what the step reads again.
+
+template <typename T> struct Piece { static constexpr int PER = 16 / sizeof(T); };
+
+// The piece of a row at column c; past K, values from a valid address, which the caller
+// multiplies by zero (a load under a condition would not be in flight with the others).
+template <typename T, bool VEC, bool STREAM>
+__device__ __forceinline__ uint4 load_piece(const T* row, int c, int K) {
+    constexpr int PER = Piece<T>::PER;
+    if (VEC) {
+        const uint4* p = reinterpret_cast<const uint4*>(row + min(c, K - PER));
+        return STREAM ? __ldcs(p) : *p;
+    }
+    uint4 r;
+    T* e = reinterpret_cast<T*>(&r);
+#pragma unroll
+    for (int i = 0; i < PER; ++i) e[i] = row[min(c + i, K - 1)];
+    return r;
+}
+
+template <typename T, int WR, int VECS, bool VEC>
+__device__ __forceinline__ void load_tile(uint4 (&dst)[WR][VECS], const T* (&rows)[WR],
+                                          int k0, int K) {
+#pragma unroll
+    for (int r = 0; r < WR; ++r)
+#pragma unroll
+        for (int v = 0; v < VECS; ++v)
+            dst[r][v] = load_piece<T, VEC, true>(
+                rows[r], k0 + (threadIdx.x + v * blockDim.x) * Piece<T>::PER, K);
+}
+
+// Adds a tile's products into acc (and x's squares into ss).
+template <typename T, bool NORM, int WR, int VECS, bool VEC>
+__device__ __forceinline__ void sum_tile(float (&acc)[WR], float& ss, const uint4 (&w)[WR][VECS],
+                                         const T* x, const T* g, int k0, int K) {
+    constexpr int PER = Piece<T>::PER;
+#pragma unroll
+    for (int v = 0; v < VECS; ++v) {
+        int c = k0 + (threadIdx.x + v * blockDim.x) * PER;
+        uint4 xr = load_piece<T, VEC, false>(x, c, K), gr;
+        if (NORM) gr = load_piece<T, VEC, false>(g, c, K);
+        const T* xp = reinterpret_cast<const T*>(&xr);
+        const T* gp = reinterpret_cast<const T*>(&gr);
+        float xe[PER];
+#pragma unroll
+        for (int e = 0; e < PER; ++e) {
+            xe[e] = c + e < K ? to_f(xp[e]) : 0.0f;
+            if (NORM) {
+                ss += xe[e] * xe[e];
+                xe[e] *= to_f(gp[e]);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < WR; ++r) {
+            const T* wp = reinterpret_cast<const T*>(&w[r][v]);
+#pragma unroll
+            for (int e = 0; e < PER; ++e) acc[r] += to_f(wp[e]) * xe[e];
+        }
+    }
+}
+
+template <typename T, bool NORM, bool SWIGLU, int ROWS, int VECS, bool VEC, bool TILED>
+__global__ void gemv(T* out, const T* x, const T* g, const T* w, const T* residual, int N,
+                     int K, long long s_w, float eps) {
+    constexpr int WR = SWIGLU ? 2 * ROWS : ROWS;       // weight rows a block reads
+    int row0 = blockIdx.x * ROWS;
+    const T* rows[WR];
+#pragma unroll
+    for (int r = 0; r < WR; ++r)                       // rows past N: a valid row, unused
+        rows[r] = w + ((long long)min(row0 + r % ROWS, N - 1) + (r >= ROWS ? N : 0)) * s_w;
+    uint4 cur[WR][VECS];
+    load_tile<T, WR, VECS, VEC>(cur, rows, 0, K);
+    pdl_start();
+    float acc[WR], ss = 0.0f;
+#pragma unroll
+    for (int r = 0; r < WR; ++r) acc[r] = 0.0f;
+    if (TILED) {
+        const int tile = blockDim.x * Piece<T>::PER * VECS;
+        uint4 next[WR][VECS];
+        for (int k0 = 0; k0 < K; k0 += tile) {
+            bool more = k0 + tile < K;
+            if (more) load_tile<T, WR, VECS, VEC>(next, rows, k0 + tile, K);
+            sum_tile<T, NORM, WR, VECS, VEC>(acc, ss, cur, x, g, k0, K);
+            if (more) {
+#pragma unroll
+                for (int r = 0; r < WR; ++r)
+#pragma unroll
+                    for (int v = 0; v < VECS; ++v) cur[r][v] = next[r][v];
+            }
+        }
+    } else {
+        sum_tile<T, NORM, WR, VECS, VEC>(acc, ss, cur, x, g, 0, K);
+    }
+    // The block's sums: over each warp by shuffles, then over the warps in shared memory.
+    constexpr int SUMS = WR + 1;                       // every row, then x's squares
+    __shared__ float warp_sums[32][SUMS];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+#pragma unroll
+    for (int j = 0; j < SUMS; ++j) {
+        float s = j < WR ? acc[j] : ss;
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+        if (lane == 0) warp_sums[warp][j] = s;
+    }
+    __syncthreads();
+    int r = threadIdx.x;
+    if (r >= ROWS || row0 + r >= N) return;
+    float y = 0.0f, u = 0.0f, sq = 0.0f;
+    for (int i = 0; i < warps; ++i) {
+        y += warp_sums[i][r];
+        if (SWIGLU) u += warp_sums[i][r + ROWS];
+        if (NORM) sq += warp_sums[i][WR];
+    }
+    if (NORM) {
+        float inv = rsqrtf(sq / K + eps);
+        y *= inv;
+        u *= inv;
+    }
+    if (SWIGLU) y = y / (1.0f + expf(-y)) * u;
+    if (residual) y += to_f(residual[row0 + r]);
+    out[row0 + r] = from_f<T>(y);
+}
