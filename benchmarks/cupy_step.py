@@ -17,18 +17,16 @@ import statistics
 
 import cupy
 
-import polyllama.plugins.cuda_cupy.kernels as K
 from decode_timeline import kernel_spans
 from polyllama import get_device
 from timing import floor_us, greedy_step, model_after_prompt, shape_parser
 
-DEFAULT_CONFIG = K._gemv_config
-DEFAULT_LIMITS = dict(K.LIMITS)
 
-
-def apply(variant: str, model, fused) -> None:
-    """Sets the kernels module and the model as the variant says (base: as shipped)."""
-    limits, table = dict(DEFAULT_LIMITS), {}
+def apply(K, shipped, variant: str, model, fused) -> None:
+    """Sets the kernels module K and the model as the variant says (base: as shipped, which
+    is K's (_gemv_config, LIMITS) before any variant)."""
+    default_config, default_limits = shipped
+    limits, table = dict(default_limits), {}
     model.rope_attention_k = fused
     for setting in [] if variant == "base" else variant.split(";"):
         if setting == "unfused":
@@ -50,7 +48,7 @@ def apply(variant: str, model, fused) -> None:
                 (c.hidden_dim, c.dim, True): "w13", (c.dim, c.hidden_dim, False): "w2",
                 (c.vocab_size, c.dim, False): "cls"}
     K._gemv_config = lambda N, k, swiglu, size: (table.get(matrices.get((N, k, swiglu)))
-                                                 or DEFAULT_CONFIG(N, k, swiglu, size))
+                                                 or default_config(N, k, swiglu, size))
 
 
 def step_us(dev, model, step, replays: int = 40, batches: int = 7) -> tuple[float, object]:
@@ -92,6 +90,8 @@ def main() -> None:
     p.add_argument("--timeline", action="store_true")
     args = p.parse_args()
     dev = get_device("cuda:cupy")
+    import polyllama.plugins.cuda_cupy.kernels as K     # needs the CUDA libraries
+    shipped = (K._gemv_config, dict(K.LIMITS))
     bandwidth = dev.measure_bandwidth()
     print(f"{dev.name()}: copy bandwidth {bandwidth / 1e12:.3f} TB/s")
     for shape in args.shapes:
@@ -101,16 +101,16 @@ def main() -> None:
         rounds = collections.defaultdict(list)
         for _ in range(2):
             for variant in args.variants:
-                apply(variant, model, fused)
+                apply(K, shipped, variant, model, fused)
                 rounds[variant].append(step_us(dev, model, step)[0])
         for variant, (first, second) in rounds.items():
             print(f"{shape:15s} {variant:40s} {first:8.1f} {second:8.1f} us  "
                   f"{100 * floor / min(first, second):5.1f}% of the floor ({floor:.1f} us)")
         if args.timeline:
-            apply(args.variants[0], model, fused)
+            apply(K, shipped, args.variants[0], model, fused)
             print(f"{shape}, {args.variants[0]}: increments")
             timeline(step_us(dev, model, step)[1])
-        apply("base", model, fused)
+        apply(K, shipped, "base", model, fused)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ VARIANTS = [
     ("qkv and o: 4 rows, 2 warps", {"qkv": (4, None, 2), "o": (4, None, 2)}),
     ("qkv and o: 4 rows, 8 warps", {"qkv": (4, None, 8), "o": (4, None, 8)}),
     ("classifier: 4 rows, 8 warps", {"classifier": (4, None, 8)}),
+    ("classifier: 8 rows, 4 warps", {"classifier": (8, None, 4)}),
+    ("w13: 8 rows, 4 warps", {"w13": (8, None, 4)}),
     ("w2: 2 x 2048, 4 warps", {"w2": (2, 2048, 4)}),
     ("w2: 4 x 2048, 8 warps", {"w2": (4, 2048, 8)}),
     ("w2: 8 x 1024, 8 warps", {"w2": (8, 1024, 8)}),

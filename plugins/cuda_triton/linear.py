@@ -40,8 +40,6 @@ _scratch: dict = {}       # prefill intermediates (see _scratch_for)
 _outgrown: list = []      # scratch a larger one replaced: recorded prefills still use it
 ONE_TILE_K = 4096
 Q8_TILE_K = 1024
-PRELOAD_MAX = 1 << 24      # values of a matrix whose programs all fit on the GPU at once
-PRELOAD_TILE = 16384       # values a 4-warp program holds: 128 a thread
 TMA_MIN_ROWS = 129        # fewer rows: per-tile programs loading through pointers are faster
 
 
@@ -261,17 +259,16 @@ def _dequant_kernel(out_ptr, q_ptr, s_ptr, K, s_out, s_q, s_s, GROUP: tl.constex
 def _gemv_config(N, K):
     """(BLOCK_N, BLOCK_K, num_warps) for one token, from sweeps of whole decode steps
     (benchmarks/step_configs.py). Rows up to ONE_TILE_K wide load whole, so the next GEMV
-    can stream them during the kernels before it. A matrix small enough to be held by the
-    programs resident at once (TinyLlama's qkv and o) goes in programs of PRELOAD_TILE
-    values: all of it then loads before the kernel waits. Long rows of a narrow output (the
-    w2 of a 1B model) go in fewer, larger programs."""
+    can stream them during the kernels before it. Rows up to 2,048 wide go 16,384 values
+    (128 a thread) to a program: TinyLlama's qkv and o are then few enough programs to be
+    resident at once, so all of them load before the kernel waits (Llama-2-7B's rows of
+    4,096 keep 2 to a program: 4 were no faster). Long rows of a narrow output (the w2 of a
+    1B model) go in fewer, larger programs."""
     if interpreting():
         return 16, min(128, triton.next_power_of_2(K)), 4
     if K <= ONE_TILE_K:
         block_k = triton.next_power_of_2(K)
-        if N * K < PRELOAD_MAX:
-            return min(16, max(2, PRELOAD_TILE // block_k)), block_k, 4
-        return 2, block_k, 4
+        return (min(16, 16384 // block_k) if block_k <= 2048 else 2), block_k, 4
     if N * K >= 1 << 26:
         return 2, 2048, 4
     if N <= 2048:
