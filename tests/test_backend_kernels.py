@@ -249,36 +249,27 @@ def test_linear_add(backend, dtype, rng, T, alias):
     check_out(backend, out, whole, want, dtype, "linear_add")
 
 
+def normed_reference(op, x, norm, eps, w):
+    """rmsnorm_linear's or rmsnorm_swiglu's result (w: [W1; W3] for the latter)."""
+    out = reference.linear(reference.rmsnorm(x, norm, eps), w)
+    if op == "rmsnorm_swiglu":
+        out = reference.silu_mul(*np.split(out, 2, axis=1))
+    return out
+
+
 @pytest.mark.parametrize("T", [1, 6])
-def test_rmsnorm_linear(backend, dtype, rng, T):
-    fn = optional_kernel(backend, "rmsnorm_linear")
-    N, K, eps = 45, 67, 1e-5
+@pytest.mark.parametrize("op", ["rmsnorm_linear", "rmsnorm_swiglu"])
+def test_rmsnorm_then_linear(backend, dtype, rng, op, T):
+    fn = optional_kernel(backend, op)
+    N, K, eps = 23, 67, 1e-5
     x = upload(backend, rng.standard_normal((T, K)) * 2, dtype)
     norm = upload(backend, 1 + 0.3 * rng.standard_normal(K), dtype)
-    w, w_used = dense(backend, rng.standard_normal((N, K)) / np.sqrt(K), dtype)
+    rows = 2 * N if op == "rmsnorm_swiglu" else N
+    w, w_used = dense(backend, rng.standard_normal((rows, K)) / np.sqrt(K), dtype)
     out, whole = poisoned(backend, (T, N), dtype)
     fn(out.native, x.native, norm.native, eps, w)
-    want = reference.linear(reference.rmsnorm(x.numpy(), norm.numpy(), eps), w_used)
-    check_out(backend, out, whole, want, dtype, "rmsnorm_linear")
-
-
-def swiglu_reference(x, norm, eps, w):
-    gate_up = reference.linear(reference.rmsnorm(x, norm, eps), w)
-    gate, up = np.split(gate_up, 2, axis=1)
-    return reference.silu_mul(gate, up)
-
-
-@pytest.mark.parametrize("T", [1, 6])
-def test_rmsnorm_swiglu(backend, dtype, rng, T):
-    fn = optional_kernel(backend, "rmsnorm_swiglu")
-    F, K, eps = 23, 67, 1e-5
-    x = upload(backend, rng.standard_normal((T, K)) * 2, dtype)
-    norm = upload(backend, 1 + 0.3 * rng.standard_normal(K), dtype)
-    w, w_used = dense(backend, rng.standard_normal((2 * F, K)) / np.sqrt(K), dtype)
-    out, whole = poisoned(backend, (T, F), dtype)
-    fn(out.native, x.native, norm.native, eps, w)
-    check_out(backend, out, whole, swiglu_reference(x.numpy(), norm.numpy(), eps, w_used),
-              dtype, "rmsnorm_swiglu")
+    check_out(backend, out, whole, normed_reference(op, x.numpy(), norm.numpy(), eps, w_used),
+              dtype, op)
 
 
 @pytest.mark.parametrize("op", ["linear", "linear_add", "rmsnorm_linear", "rmsnorm_swiglu"])
@@ -300,12 +291,9 @@ def test_one_token_over_long_rows(backend, dtype, rng, op, N, K):
     elif op == "linear_add":
         fn(out.native, x.native, w, residual.native)
         want = reference.add(residual.numpy(), reference.linear(x.numpy(), w_used))
-    elif op == "rmsnorm_linear":
-        fn(out.native, x.native, norm.native, eps, w)
-        want = reference.linear(reference.rmsnorm(x.numpy(), norm.numpy(), eps), w_used)
     else:
         fn(out.native, x.native, norm.native, eps, w)
-        want = swiglu_reference(x.numpy(), norm.numpy(), eps, w_used)
+        want = normed_reference(op, x.numpy(), norm.numpy(), eps, w_used)
     check_out(backend, out, whole, want, dtype, op)
 
 

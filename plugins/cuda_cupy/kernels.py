@@ -75,6 +75,8 @@ def _has_pdl(device_id: int) -> bool:
 
 
 def _call(function, device_id: int, grid, block: int, args):
+    """function on the current stream: with PDL while a step is being recorded (replays are
+    what it speeds up; eager launches go through CuPy, which is cheaper to call)."""
     stream = cupy.cuda.get_current_stream()
     if stream.is_capturing() and _has_pdl(device_id):
         launch_pdl(function, grid, block, args, stream)
