@@ -144,12 +144,15 @@ class Model:
             scheme = reg.quant_schemes[quant]
             self.fmt, self.pack = scheme.fmt, scheme.pack
         self.linear = reg.kernel(b, "linear", self.fmt)
-        opt = lambda op: reg.kernel(b, op, self.fmt) if reg.has_kernel(b, op, self.fmt) else None
-        self.linear_add_k, self.rmsnorm_linear_k = opt("linear_add"), opt("rmsnorm_linear")
-        self.swiglu_k = opt("rmsnorm_swiglu")
-        plain = lambda op: reg.kernel(b, op) if reg.has_kernel(b, op) else None
-        self.rope_attention_k = plain("rope_attention")
-        self.sample_k, self.advance_k = plain("sample"), plain("advance")
+
+        def optional(op, *fmt):
+            """The backend's kernel for an optional op (for weight format fmt), else None."""
+            return reg.kernel(b, op, *fmt) if reg.has_kernel(b, op, *fmt) else None
+        self.linear_add_k = optional("linear_add", self.fmt)
+        self.rmsnorm_linear_k = optional("rmsnorm_linear", self.fmt)
+        self.swiglu_k = optional("rmsnorm_swiglu", self.fmt)
+        self.rope_attention_k = optional("rope_attention")
+        self.sample_k, self.advance_k = optional("sample"), optional("advance")
 
     def _upload(self, host, dtype=None):
         t = self.device.upload(np.asarray(host, dtype=np.float32) if dtype is None else host,
