@@ -17,7 +17,7 @@ import statistics
 
 import cupy
 
-from decode_timeline import kernel_spans
+from decode_timeline import charged, kernel_spans
 from polyllama import get_device
 from timing import floor_us, greedy_step, model_after_prompt, shape_parser
 
@@ -72,15 +72,9 @@ def step_us(dev, model, step, replays: int = 40, batches: int = 7) -> tuple[floa
 
 
 def timeline(run) -> None:
-    charged = collections.defaultdict(lambda: [0, 0.0])
     spans = kernel_spans(run)
-    latest = spans[0][1]
-    for name, _, end in spans:
-        kernel = name.split("(")[0]
-        charged[kernel][0] += 1
-        charged[kernel][1] += max(0.0, end - latest)
-        latest = max(latest, end)
-    for kernel, (count, us) in sorted(charged.items(), key=lambda kv: -kv[1][1]):
+    per_kernel = charged(spans, [name.split("(")[0] for name, _, _ in spans])
+    for kernel, (count, us) in sorted(per_kernel.items(), key=lambda kv: -kv[1][1]):
         print(f"  {kernel[:64]:64s} x{count:3d} {us:8.1f} us {us / count:7.2f} us each")
 
 

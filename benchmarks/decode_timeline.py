@@ -54,6 +54,19 @@ def roles(names: list[str], n_layers: int) -> list[str]:
     return ["embedding"] + layer_roles * n_layers + ["classifier", "sampling"]
 
 
+def charged(spans, keys) -> dict:
+    """{key: [kernels, us]}: each kernel of spans (in start order) charged its increment, its
+    end minus the latest end before it (none below 0, so they add up to the step), summed
+    under its key."""
+    totals = collections.defaultdict(lambda: [0, 0.0])
+    latest = spans[0][1]
+    for key, (_, _, end) in zip(keys, spans):
+        totals[key][0] += 1
+        totals[key][1] += max(0.0, end - latest)
+        latest = max(latest, end)
+    return totals
+
+
 def timeline(dev, shape: str, bandwidth: float, quant: str | None) -> None:
     model = model_after_prompt(dev, shape, quant)
     step = greedy_step(model)
@@ -61,22 +74,16 @@ def timeline(dev, shape: str, bandwidth: float, quant: str | None) -> None:
     run = replayed(dev, step)
     step_us = median_us(run, 50)
     spans = kernel_spans(run)
-    charged = collections.defaultdict(lambda: [0, 0.0])
-    latest = spans[0][1]
-    for role, (_, _, end) in zip(roles([s[0] for s in spans], model.config.n_layers),
-                                 spans):
-        charged[role][0] += 1
-        charged[role][1] += end - latest
-        latest = max(latest, end)
+    per_role = charged(spans, roles([s[0] for s in spans], model.config.n_layers))
     layer0 = model.layers[0]
     weights = dict(qkv=layer0.wqkv, o=layer0.wo, w13=layer0.w13, w2=layer0.w2,
                    classifier=model.output)
-    total = sum(us for _, us in charged.values())
+    total = sum(us for _, us in per_role.values())
     print(f"\n{shape} ({quant or 'bf16'}): step {step_us:.1f} us (graph replay), "
           f"{total:.1f} us under the profiler")
     print(f"{'role':12s} {'kernels':>7s} {'us each':>8s} {'bytes at copy rate':>19s} "
           f"{'excess each':>12s} {'excess total':>13s}")
-    for role, (count, us) in sorted(charged.items(), key=lambda kv: -kv[1][1]):
+    for role, (count, us) in sorted(per_role.items(), key=lambda kv: -kv[1][1]):
         each = us / count
         line = f"{role:12s} {count:7d} {each:8.2f}"
         if role in weights:

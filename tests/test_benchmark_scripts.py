@@ -30,3 +30,14 @@ def test_decode_timeline_roles(monkeypatch):
                                + ["classifier", "sampling"])
     with pytest.raises(SystemExit, match="unexpected kernel sequence"):
         roles(names[:-1], 2)
+
+
+def test_decode_timeline_charges_increments(monkeypatch):
+    """A kernel is charged its end minus the latest end before it, never below 0: the
+    charges add up to the step's span."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    charged = importlib.import_module("decode_timeline").charged
+    spans = [("a", 0.0, 2.0), ("b", 1.0, 5.0), ("a", 1.5, 4.0), ("c", 4.5, 7.5)]
+    totals = charged(spans, [name for name, _, _ in spans])
+    assert dict(totals) == {"a": [2, 2.0], "b": [1, 3.0], "c": [1, 2.5]}
+    assert sum(us for _, us in totals.values()) == 7.5
