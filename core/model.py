@@ -150,6 +150,7 @@ class Model:
             return reg.kernel(b, op, *fmt) if reg.has_kernel(b, op, *fmt) else None
         self.linear_add_k = optional("linear_add", self.fmt)
         self.rmsnorm_linear_k = optional("rmsnorm_linear", self.fmt)
+        self.qkv_rope_k = optional("rmsnorm_linear_rope", self.fmt)
         self.swiglu_k = optional("rmsnorm_swiglu", self.fmt)
         self.rope_attention_k = optional("rope_attention")
         self.sample_k, self.advance_k = optional("sample"), optional("advance")
@@ -181,18 +182,28 @@ class Model:
 
     def _layers(self, a: SimpleNamespace) -> None:
         """The residual stream a.x of a.T tokens after every layer (keys and values cached)."""
-        k, pos = self.k, self.pos.native
-        k.embedding(a.x, self.tok_embeddings, a.ids)
+        self.k.embedding(a.x, self.tok_embeddings, a.ids)
         for L in self.layers:
-            self._norm_linear(a.qkv, a.x, L.attn_norm, L.wqkv, a.h)
-            if self.rope_attention_k is not None:
-                self.rope_attention_k(a.attn3, a.q, a.k, a.v, L.k_cache, L.v_cache, pos,
-                                      self.cos, self.sin, self.scale)
-            else:
-                k.rope(a.q, a.k, pos, self.cos, self.sin)
-                k.attention(a.attn3, a.q, a.k, a.v, L.k_cache, L.v_cache, pos, self.scale)
+            self._attention(L, a)
             self._linear_add(a.x, a.attn, L.wo, a.tmp)
             self._ffn(L, a)
+
+    def _attention(self, L: Layer, a: SimpleNamespace) -> None:
+        """a.attn: the layer's attention over the RMSNorm of a.x (its keys and values cached),
+        through the most fused ops the backend has."""
+        k, c, pos = self.k, self.config, self.pos.native
+        if self.rope_attention_k is not None:
+            self._norm_linear(a.qkv, a.x, L.attn_norm, L.wqkv, a.h)
+            self.rope_attention_k(a.attn3, a.q, a.k, a.v, L.k_cache, L.v_cache, pos, self.cos,
+                                  self.sin, self.scale)
+            return
+        if self.qkv_rope_k is not None:
+            self.qkv_rope_k(a.qkv, a.x, L.attn_norm, c.norm_eps, L.wqkv, pos, self.cos, self.sin,
+                            c.n_heads + c.n_kv_heads)
+        else:
+            self._norm_linear(a.qkv, a.x, L.attn_norm, L.wqkv, a.h)
+            k.rope(a.q, a.k, pos, self.cos, self.sin)
+        k.attention(a.attn3, a.q, a.k, a.v, L.k_cache, L.v_cache, pos, self.scale)
 
     def _ffn(self, L: Layer, a: SimpleNamespace) -> None:
         """The residual stream a.x plus the layer's SwiGLU feed-forward of its RMSNorm."""

@@ -27,6 +27,10 @@ the host does its work)
   rmsnorm_linear(out[T,N], x[T,K], weight[K], eps, w: Weight)    linear(rmsnorm(x))
   linear_add(out[T,N], x[T,K], w: Weight, residual[T,N])         out = residual + x @ W^T
                                                                  (out may alias residual)
+  rmsnorm_linear_rope(out[T,N], x[T,K], weight[K], eps, w: Weight, pos[1],
+                      cos[S,hd/2], sin[S,hd/2], heads)
+        rmsnorm_linear, then its first heads * hd columns (the q and k heads of a fused qkv
+        projection) rotated as rope rotates q and k. One GEMV can then do both.
   rmsnorm_swiglu(out[T,F], x[T,K], weight[K], eps, w: Weight)    W = [W1; W3] (2F x K):
         g | u = rmsnorm_linear(x, weight, eps, W) split in halves; out = silu_mul(g, u)
   sample(out[1], logits[1,V], params[4], u[1])
@@ -50,8 +54,8 @@ from typing import Any
 
 REQUIRED_OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add",
                 "argmax")
-OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "rmsnorm_swiglu", "rope_attention", "sample",
-                "advance")
+OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "rmsnorm_linear_rope", "rmsnorm_swiglu",
+                "rope_attention", "sample", "advance")
 ALL_OPS = REQUIRED_OPS + OPTIONAL_OPS
 
 DENSE = "dense"        # weight format of an unquantized matrix in the compute dtype

@@ -272,6 +272,29 @@ def test_rmsnorm_then_linear(backend, dtype, rng, op, T):
               dtype, op)
 
 
+@pytest.mark.parametrize("heads_cfg", sorted(HEADS))
+@pytest.mark.parametrize("T,pos", [(1, 0), (1, 9), (6, 0), (5, 11)])
+def test_rmsnorm_linear_rope(backend, dtype, rng, heads_cfg, T, pos):
+    """A fused qkv projection whose q and k heads come out rotated, its v heads as they are."""
+    fn = optional_kernel(backend, "rmsnorm_linear_rope")
+    H, KV, hd = HEADS[heads_cfg]
+    K, eps = 67, 1e-5
+    x = upload(backend, rng.standard_normal((T, K)) * 2, dtype)
+    norm = upload(backend, 1 + 0.3 * rng.standard_normal(K), dtype)
+    w, w_used = dense(backend, rng.standard_normal(((H + 2 * KV) * hd, K)) / np.sqrt(K), dtype)
+    cos, sin = reference.rope_tables(hd, 32, 10000.0)
+    out, whole = poisoned(backend, (T, (H + 2 * KV) * hd), dtype)
+    fn(out.native, x.native, norm.native, eps, w,
+       backend.upload(np.array([pos], np.int32)).native, backend.upload(cos, "float32").native,
+       backend.upload(sin, "float32").native, H + KV)
+    q, k, v = split_qkv(normed_reference("rmsnorm_linear", x.numpy(), norm.numpy(), eps, w_used),
+                        H, KV, hd)
+    want = np.concatenate([reference.rope(q, pos, cos, sin).reshape(T, -1),
+                           reference.rope(k, pos, cos, sin).reshape(T, -1), v.reshape(T, -1)],
+                          axis=1)
+    check_out(backend, out, whole, want, dtype, "rmsnorm_linear_rope")
+
+
 @pytest.mark.parametrize("op", ["linear", "linear_add", "rmsnorm_linear", "rmsnorm_swiglu"])
 @pytest.mark.parametrize("N,K", [(19, 5632), (13, 4611)])
 def test_one_token_over_long_rows(backend, dtype, rng, op, N, K):

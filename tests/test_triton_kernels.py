@@ -258,6 +258,29 @@ def test_linear_family(dev, rng, dtype, T, N, K, op, fmt):
     close(out, ref, dtype)
 
 
+ROPE_SHAPES = [(1, 4, 2, 12, 40), (6, 3, 1, 16, 24)] if SMALL else [
+    (1, 32, 4, 64, 2048), (1, 32, 32, 128, 4096), (37, 32, 8, 64, 2048)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,H,KV,hd,K", ROPE_SHAPES)
+@pytest.mark.parametrize("fmt", ["dense", "q8_0"])
+def test_rmsnorm_linear_rope(dev, rng, dtype, T, H, KV, hd, K, fmt):
+    """The qkv projection with RoPE in its epilogue: q and k heads rotated at pos, v not."""
+    S, p = 64, 21
+    w, W = weight(dev, rng, fmt, dtype, (H + 2 * KV) * hd, K)
+    x = up(dev, rng.standard_normal((T, K)), dtype)
+    g = up(dev, 1 + 0.3 * rng.standard_normal(K), dtype)
+    cos, sin = reference.rope_tables(hd, S, 10000.0)
+    out = poisoned(dev, (T, (H + 2 * KV) * hd), dtype)
+    linear.rmsnorm_linear_rope(out, x, g, 1e-5, w, pos_buf(dev, p), up(dev, cos, "float32"),
+                               up(dev, sin, "float32"), H + KV)
+    qkv = reference.linear(reference.rmsnorm(host(x), host(g), 1e-5), W)
+    turned = reference.rope(qkv[:, :(H + KV) * hd].reshape(T, H + KV, hd), p, cos, sin)
+    close(out, np.concatenate([turned.reshape(T, -1), qkv[:, (H + KV) * hd:]], axis=1), dtype,
+          roundings=2 if T > 1 else 1)
+
+
 @pytest.mark.parametrize("T", [1, 5])
 @pytest.mark.parametrize("swiglu", [False, True])
 def test_q8_linear_with_a_file_group_that_is_not_a_power_of_two(dev, rng, T, swiglu):

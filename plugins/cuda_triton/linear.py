@@ -35,6 +35,7 @@ from polyllama.plugins.int8.pack import FMT as Q8_0
 
 from .device import hopper, interpreting, multiprocessors, pdl_enabled
 from .kernels import pdl_start, rmsnorm, silu_mul
+from .kernels import rope as rope_kernel
 
 _scratch: dict = {}       # prefill intermediates (see _scratch_for)
 _outgrown: list = []      # scratch a larger one replaced: recorded prefills still use it
@@ -44,11 +45,12 @@ TMA_MIN_ROWS = 129        # fewer rows: per-tile programs loading through pointe
 
 
 @triton.jit
-def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
-                 NORM: tl.constexpr, ADD: tl.constexpr, SWIGLU: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
-                 PDL: tl.constexpr):
+def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr, N, K, s_w,
+                 eps, s_tab, ROT, HD, NORM: tl.constexpr, ADD: tl.constexpr,
+                 SWIGLU: tl.constexpr, ROPE: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr, PDL: tl.constexpr):
     """SWIGLU: W holds 2N rows (gate, then up); out = silu(gate) * up, N wide.
+    ROPE: outputs below ROT are rotated in pairs (see _rope_factors).
     ONE_TILE (K <= BLOCK_K): the program's whole weight block loads before the PDL wait."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
@@ -60,6 +62,8 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
     if SWIGLU:
         u = tl.load(u_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0,
                     eviction_policy="evict_first")
+    cos_t, sin_t = _rope_factors(pos_ptr, cos_ptr, sin_ptr, s_tab, tl.program_id(0) * BLOCK_N,
+                                 ROT, HD, BLOCK_N, ROPE)
     pdl_start(PDL)                  # weights depend on no kernel: they stream while it drains
     if ONE_TILE:
         x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
@@ -95,18 +99,41 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, N, K, s_w, eps,
     y_u = y
     if SWIGLU:
         y_u = tl.sum(acc_u, axis=1)
-    _epilogue(out_ptr, r_ptr, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, NORM, ADD, SWIGLU)
+    _epilogue(out_ptr, r_ptr, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t, sin_t, NORM,
+              ADD, SWIGLU, ROPE, BLOCK_N)
 
 
 @triton.jit
-def _epilogue(out_ptr, r_ptr, rows, N, y, y_u, ss, K, eps, NORM: tl.constexpr,
-              ADD: tl.constexpr, SWIGLU: tl.constexpr):
-    """Row sums y (and y_u, the up half) to outputs: RMSNorm scale, SwiGLU, residual add."""
+def _rope_factors(pos_ptr, cos_ptr, sin_ptr, s_tab, first, ROT, HD, BLOCK_N: tl.constexpr,
+                  ROPE: tl.constexpr):
+    """cos and sin for each pair of the program's output rows (first + 2i, first + 2i + 1):
+    with ROPE, the rope op's angle for pair (row % HD) / 2 at position pos for the rows below
+    ROT (the query and key heads of a qkv projection), no turn (1, 0) for the others. The
+    tables and the position are written before the step, so they load before the PDL wait."""
+    if ROPE:
+        pair_rows = first + 2 * tl.arange(0, BLOCK_N // 2)
+        at = tl.load(pos_ptr).to(tl.int64) * s_tab + (pair_rows % HD) // 2
+        turned = pair_rows < ROT
+        return (tl.load(cos_ptr + at, mask=turned, other=1.0),
+                tl.load(sin_ptr + at, mask=turned, other=0.0))
+    return 1.0, 0.0
+
+
+@triton.jit
+def _epilogue(out_ptr, r_ptr, rows, N, y, y_u, ss, K, eps, cos_t, sin_t, NORM: tl.constexpr,
+              ADD: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    """Row sums y (and y_u, the up half) to outputs: RMSNorm scale, RoPE (cos_t and sin_t
+    from _rope_factors), SwiGLU, residual add."""
     if NORM:
         inv = tl.rsqrt(ss / K + eps)
         y = y * inv
         if SWIGLU:
             y_u = y_u * inv
+    if ROPE:
+        even, odd = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
+        y = tl.reshape(tl.join(even * cos_t - odd * sin_t, even * sin_t + odd * cos_t),
+                       (BLOCK_N,))
     if SWIGLU:
         y = y * tl.sigmoid(y) * y_u
     if ADD:
@@ -144,10 +171,10 @@ def _q8_sum(q, sc, x, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.co
 
 
 @triton.jit
-def _gemv_q8_kernel(out_ptr, x_ptr, q_ptr, s_ptr, g_ptr, r_ptr, N, K, s_q, s_s, eps,
-                    NORM: tl.constexpr, ADD: tl.constexpr, SWIGLU: tl.constexpr,
-                    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    PDL: tl.constexpr):
+def _gemv_q8_kernel(out_ptr, x_ptr, q_ptr, s_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr, N,
+                    K, s_q, s_s, eps, s_tab, ROT, HD, NORM: tl.constexpr, ADD: tl.constexpr,
+                    SWIGLU: tl.constexpr, ROPE: tl.constexpr, GROUP: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """_gemv_kernel for q8_0 weights: [BLOCK_N, BLOCK_K] int8 tiles, the first issued before
     the PDL wait, each next one while the current is summed. SWIGLU: a tile's rows alternate
     gate and up rows, so both halves stream as one tile."""
@@ -165,6 +192,8 @@ def _gemv_q8_kernel(out_ptr, x_ptr, q_ptr, s_ptr, g_ptr, r_ptr, N, K, s_q, s_s, 
     q_rows = q_ptr + w_rows.to(tl.int64) * s_q
     s_rows = s_ptr + w_rows.to(tl.int64) * s_s
     q, sc = _q8_tile(q_rows, s_rows, 0, K, rmask, GROUP, BLOCK_K, POW2)
+    cos_t, sin_t = _rope_factors(pos_ptr, cos_ptr, sin_ptr, s_tab, tl.program_id(0) * OUT_N,
+                                 ROT, HD, OUT_N, ROPE)
     pdl_start(PDL)
     y = tl.zeros([BLOCK_N], tl.float32)
     ss = tl.zeros([BLOCK_K], tl.float32)
@@ -181,7 +210,8 @@ def _gemv_q8_kernel(out_ptr, x_ptr, q_ptr, s_ptr, g_ptr, r_ptr, N, K, s_q, s_s, 
     y_u = y
     if SWIGLU:
         y, y_u = tl.split(tl.reshape(y, [OUT_N, 2]))
-    _epilogue(out_ptr, r_ptr, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, NORM, ADD, SWIGLU)
+    _epilogue(out_ptr, r_ptr, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t, sin_t, NORM,
+              ADD, SWIGLU, ROPE, OUT_N)
 
 
 @triton.jit
@@ -346,7 +376,9 @@ def _scratch_for(name, shape, like):
     return buf[:numel].view(shape)
 
 
-def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False):
+def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None):
+    """rope: (pos, cos, sin, heads) rotates the first heads * hd outputs
+    (rmsnorm_linear_rope)."""
     q8 = w.fmt == Q8_0
     W = w.parts["q" if q8 else "w"]
     S = w.parts["s"] if q8 else W                    # scales (a placeholder when dense)
@@ -358,19 +390,33 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False):
     add = residual is not None
     residual = residual if add else out
     if M == 1:
-        common = dict(NORM=g is not None, ADD=add, SWIGLU=swiglu, PDL=pdl, launch_pdl=pdl)
+        common = dict(NORM=g is not None, ADD=add, SWIGLU=swiglu, ROPE=rope is not None, PDL=pdl,
+                      launch_pdl=pdl)
         g = x if g is None else g
+        pos, cos, sin, rot, hd = out, out, out, 0, 2          # placeholders without rope
+        if rope is not None:
+            pos, cos, sin, heads = rope
+            hd = 2 * cos.shape[1]
+            rot = heads * hd
+        turn = (pos, cos, sin)
         if q8:
             bn, bk, warps = _gemv_q8_config(W.shape[0], K, group)
             _gemv_q8_kernel[(triton.cdiv(N, bn // 2 if swiglu else bn),)](
-                out, x, W, S, g, residual, N, K, W.stride(0), S.stride(0), float(eps),
-                GROUP=group, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, **common)
+                out, x, W, S, g, residual, *turn, N, K, W.stride(0), S.stride(0), float(eps),
+                cos.stride(0), rot, hd, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+                **common)
             return
         bn, bk, warps = _gemv_config(W.shape[0], K)
         bn = max(1, bn // 2) if swiglu else bn           # gate and up rows: the same bytes
         _gemv_kernel[(triton.cdiv(N, bn),)](
-            out, x, W, g, residual, N, K, W.stride(0), float(eps), BLOCK_N=bn, BLOCK_K=bk,
-            ONE_TILE=K <= bk, num_warps=warps, **common)
+            out, x, W, g, residual, *turn, N, K, W.stride(0), float(eps), cos.stride(0), rot,
+            hd, BLOCK_N=bn, BLOCK_K=bk, ONE_TILE=K <= bk, num_warps=warps, **common)
+        return
+    if rope is not None:                 # more tokens: the GEMM, then the rope kernel
+        _run(out, x, w, g, eps)
+        pos, cos, sin, heads = rope
+        turned = out[:, :heads * 2 * cos.shape[1]].unflatten(1, (heads, -1))
+        rope_kernel(turned, turned[:, :0], pos, cos, sin)
         return
     if g is not None:
         h = _scratch_for("normed", x.shape, x)
@@ -410,6 +456,10 @@ def rmsnorm_linear(out, x, weight, eps, w):
 
 def linear_add(out, x, w, residual):
     _run(out, x, w, residual=residual)
+
+
+def rmsnorm_linear_rope(out, x, weight, eps, w, pos, cos, sin, heads):
+    _run(out, x, w, g=weight, eps=eps, rope=(pos, cos, sin, heads))
 
 
 def rmsnorm_swiglu(out, x, weight, eps, w):
