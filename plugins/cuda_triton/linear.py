@@ -1,12 +1,15 @@
-"""linear, rmsnorm_linear, linear_add and rmsnorm_swiglu: out = [residual +] norm?(x) @ W^T
-(rmsnorm_swiglu: silu(gate) * up of the two halves of that product).
+"""linear, rmsnorm_linear, linear_add, rmsnorm_linear_rope and rmsnorm_swiglu:
+out = [residual +] norm?(x) @ W^T (rmsnorm_swiglu: silu(gate) * up of the two halves of that
+product; rmsnorm_linear_rope: the q and k heads of that product rotated).
 
 One token (decode) streams W once through a GEMV whose programs each own a few rows: it is
-bound by memory bandwidth, so each program keeps two weight tiles in flight, the first one
-issued before it waits for the previous kernel (PDL); weights are read once per step, so
-their loads are marked evict-first (L2 keeps activations and the KV cache). The RMSNorm of
-the input is fused (x * weight, the row's inverse RMS applied to the sum), so are the
-residual add and the SwiGLU (a program owns matching gate and up rows). More tokens
+bound by memory bandwidth, so a program loads its rows whole, or walks them in tiles with
+the next tile of W and of x in flight; the first tile is issued before it waits for the
+previous kernel (PDL). Weights are read once per step, so their loads are marked
+evict-first (L2 keeps activations and the KV cache). The RMSNorm of the input is fused
+(x * weight, the row's inverse RMS applied to the sum), so are the residual add, the SwiGLU
+(a program owns matching gate and up rows) and RoPE (a program owns whole row pairs, and
+the executor's rope pairs are adjacent: no rope kernel and no link to it). More tokens
 (prefill) go through a tiled tl.dot GEMM; there the RMSNorm runs first into a scratch
 buffer, since scaling the tiles in registers would keep them off the pipelined
 shared-memory path of the tensor cores. In 16-bit dtypes the GEMM is persistent (a program
@@ -51,25 +54,21 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr,
                  BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr, PDL: tl.constexpr):
     """SWIGLU: W holds 2N rows (gate, then up); out = silu(gate) * up, N wide.
     ROPE: outputs below ROT are rotated in pairs (see _rope_factors).
-    ONE_TILE (K <= BLOCK_K): the program's whole weight block loads before the PDL wait."""
+    ONE_TILE (K <= BLOCK_K): the program's whole weight block loads before the PDL wait;
+    else it walks K in tiles, the first loaded before the wait."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + rows.to(tl.int64)[:, None] * s_w
     u_rows = w_rows + N.to(tl.int64) * s_w
     rmask = rows[:, None] < N
-    w = tl.load(w_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0,
-                eviction_policy="evict_first")
+    w = _w_tile(w_rows, cols, rmask, K)
     if SWIGLU:
-        u = tl.load(u_rows + cols[None, :], mask=rmask & (cols[None, :] < K), other=0.0,
-                    eviction_policy="evict_first")
+        u = _w_tile(u_rows, cols, rmask, K)
     cos_t, sin_t = _rope_factors(pos_ptr, cos_ptr, sin_ptr, s_tab, tl.program_id(0) * BLOCK_N,
                                  ROT, HD, BLOCK_N, ROPE)
     pdl_start(PDL)                  # weights depend on no kernel: they stream while it drains
     if ONE_TILE:
-        x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-        ss = x * x
-        if NORM:
-            x = x * tl.load(g_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+        x, ss = _x_tile(x_ptr, g_ptr, cols, K, NORM)
         acc = w.to(tl.float32) * x[None, :]
         if SWIGLU:
             acc_u = u.to(tl.float32) * x[None, :]
@@ -77,30 +76,42 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr,
         acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         acc_u = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         ss = tl.zeros([BLOCK_K], tl.float32)
+        x, xx = _x_tile(x_ptr, g_ptr, cols, K, NORM)
         for k0 in range(0, K, BLOCK_K):
-            k = k0 + cols
-            nxt = k + BLOCK_K           # the next tile loads while this one is summed
-            nmask = rmask & (nxt[None, :] < K)
-            w_next = tl.load(w_rows + nxt[None, :], mask=nmask, other=0.0,
-                             eviction_policy="evict_first")
+            nxt = k0 + BLOCK_K + cols   # the next tiles of W and x load while this one is summed
+            w_next = _w_tile(w_rows, nxt, rmask, K)
             if SWIGLU:
-                u_next = tl.load(u_rows + nxt[None, :], mask=nmask, other=0.0,
-                                 eviction_policy="evict_first")
-            x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
-            if NORM:
-                ss += x * x
-                x = x * tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+                u_next = _w_tile(u_rows, nxt, rmask, K)
+            x_next, xx_next = _x_tile(x_ptr, g_ptr, nxt, K, NORM)
+            ss += xx
             acc += w.to(tl.float32) * x[None, :]
             w = w_next
             if SWIGLU:
                 acc_u += u.to(tl.float32) * x[None, :]
                 u = u_next
+            x, xx = x_next, xx_next
     y = tl.sum(acc, axis=1)
     y_u = y
     if SWIGLU:
         y_u = tl.sum(acc_u, axis=1)
     _epilogue(out_ptr, r_ptr, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t, sin_t, NORM,
               ADD, SWIGLU, ROPE, BLOCK_N)
+
+
+@triton.jit
+def _w_tile(rows_ptr, k, rmask, K):
+    """Weight columns k of the program's rows, read once a step (evict first)."""
+    return tl.load(rows_ptr + k[None, :], mask=rmask & (k[None, :] < K), other=0.0,
+                   eviction_policy="evict_first")
+
+
+@triton.jit
+def _x_tile(x_ptr, g_ptr, k, K, NORM: tl.constexpr):
+    """Input columns k as float32, times the RMSNorm weight when NORM, and their squares."""
+    x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+    if NORM:
+        return x * tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32), x * x
+    return x, x * x
 
 
 @triton.jit
@@ -114,9 +125,11 @@ def _rope_factors(pos_ptr, cos_ptr, sin_ptr, s_tab, first, ROT, HD, BLOCK_N: tl.
         pair_rows = first + 2 * tl.arange(0, BLOCK_N // 2)
         at = tl.load(pos_ptr).to(tl.int64) * s_tab + (pair_rows % HD) // 2
         turned = pair_rows < ROT
-        return (tl.load(cos_ptr + at, mask=turned, other=1.0),
-                tl.load(sin_ptr + at, mask=turned, other=0.0))
-    return 1.0, 0.0
+        cos_t = tl.load(cos_ptr + at, mask=turned, other=1.0)
+        sin_t = tl.load(sin_ptr + at, mask=turned, other=0.0)
+    else:
+        cos_t, sin_t = 1.0, 0.0
+    return cos_t, sin_t
 
 
 @triton.jit
