@@ -421,6 +421,7 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None):
             return
         bn, bk, warps = _gemv_config(W.shape[0], K)
         bn = max(1, bn // 2) if swiglu else bn           # gate and up rows: the same bytes
+        bn = max(2, bn) if rope is not None else bn      # rope turns whole row pairs
         _gemv_kernel[(triton.cdiv(N, bn),)](
             out, x, W, g, residual, *turn, N, K, W.stride(0), float(eps), cos.stride(0), rot,
             hd, BLOCK_N=bn, BLOCK_K=bk, ONE_TILE=K <= bk, num_warps=warps, **common)
