@@ -51,11 +51,13 @@ TMA_MIN_ROWS = 129        # fewer rows: per-tile programs loading through pointe
 def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr, N, K, s_w,
                  eps, s_tab, ROT, HD, NORM: tl.constexpr, ADD: tl.constexpr,
                  SWIGLU: tl.constexpr, ROPE: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr, PDL: tl.constexpr):
+                 BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr, EARLY_RES: tl.constexpr,
+                 PDL: tl.constexpr):
     """SWIGLU: W holds 2N rows (gate, then up); out = silu(gate) * up, N wide.
     ROPE: outputs below ROT are rotated in pairs (see _rope_factors).
     ONE_TILE (K <= BLOCK_K): the program's whole weight block loads before the PDL wait;
-    else it walks K in tiles, the first loaded before the wait."""
+    else it walks K in tiles, the first loaded before the wait.
+    EARLY_RES: the residual loads right after the wait, else after the row sums."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + rows.to(tl.int64)[:, None] * s_w
@@ -67,6 +69,8 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr,
     cos_t, sin_t = _rope_factors(pos_ptr, cos_ptr, sin_ptr, s_tab, tl.program_id(0) * BLOCK_N,
                                  ROT, HD, BLOCK_N, ROPE)
     pdl_start(PDL)                  # weights depend on no kernel: they stream while it drains
+    if EARLY_RES:
+        res = _residual(r_ptr, rows, N, ADD)
     if ONE_TILE:
         x, ss = _x_tile(x_ptr, g_ptr, cols, K, NORM)
         acc = w.to(tl.float32) * x[None, :]
@@ -94,7 +98,9 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr,
     y_u = y
     if SWIGLU:
         y_u = tl.sum(acc_u, axis=1)
-    _epilogue(out_ptr, r_ptr, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t, sin_t, NORM,
+    if not EARLY_RES:
+        res = _residual(r_ptr, rows, N, ADD)
+    _epilogue(out_ptr, res, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t, sin_t, NORM,
               ADD, SWIGLU, ROPE, BLOCK_N)
 
 
@@ -112,6 +118,18 @@ def _x_tile(x_ptr, g_ptr, k, K, NORM: tl.constexpr):
     if NORM:
         return x * tl.load(g_ptr + k, mask=k < K, other=0.0).to(tl.float32), x * x
     return x, x * x
+
+
+@triton.jit
+def _residual(r_ptr, rows, N, ADD: tl.constexpr):
+    """The residual rows to add (float32). Loaded after the row sums, it costs a round trip of
+    its own (the sums end at a barrier); loaded right after the PDL wait, it shares the
+    input's (see _early_residual)."""
+    if ADD:
+        res = tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+    else:
+        res = 0.0
+    return res
 
 
 @triton.jit
@@ -133,11 +151,11 @@ def _rope_factors(pos_ptr, cos_ptr, sin_ptr, s_tab, first, ROT, HD, BLOCK_N: tl.
 
 
 @triton.jit
-def _epilogue(out_ptr, r_ptr, rows, N, y, y_u, ss, K, eps, cos_t, sin_t, NORM: tl.constexpr,
+def _epilogue(out_ptr, res, rows, N, y, y_u, ss, K, eps, cos_t, sin_t, NORM: tl.constexpr,
               ADD: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
               BLOCK_N: tl.constexpr):
     """Row sums y (and y_u, the up half) to outputs: RMSNorm scale, RoPE (cos_t and sin_t
-    from _rope_factors), SwiGLU, residual add."""
+    from _rope_factors), SwiGLU, residual add (res from _residual)."""
     if NORM:
         inv = tl.rsqrt(ss / K + eps)
         y = y * inv
@@ -150,7 +168,7 @@ def _epilogue(out_ptr, r_ptr, rows, N, y, y_u, ss, K, eps, cos_t, sin_t, NORM: t
     if SWIGLU:
         y = y * tl.sigmoid(y) * y_u
     if ADD:
-        y += tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+        y += res
     tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
 
 
@@ -223,7 +241,8 @@ def _gemv_q8_kernel(out_ptr, x_ptr, q_ptr, s_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr
     y_u = y
     if SWIGLU:
         y, y_u = tl.split(tl.reshape(y, [OUT_N, 2]))
-    _epilogue(out_ptr, r_ptr, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t, sin_t, NORM,
+    res = _residual(r_ptr, rows, N, ADD)
+    _epilogue(out_ptr, res, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t, sin_t, NORM,
               ADD, SWIGLU, ROPE, OUT_N)
 
 
@@ -317,6 +336,14 @@ def _gemv_config(N, K):
     if N <= 2048:
         return 8, 1024, 8
     return 4, 1024, 4
+
+
+def _early_residual(one_tile, warps):
+    """Whether a GEMV loads its residual right after the PDL wait. Timed in whole decode steps
+    (H100, one process): it pays for whole rows (Llama-2-7B's o: -21 us a step) and for tiles
+    walked by 8 warps (the w2 of TinyLlama and Llama-3.2-1B: -4 and -8 us), and costs for tiles
+    walked by 4 warps (Llama-2-7B's w2: +90 us). The q8_0 GEMV, not timed, loads it late."""
+    return one_tile or warps == 8
 
 
 def _gemv_q8_config(N, K, group):
@@ -424,7 +451,8 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None):
         bn = max(2, bn) if rope is not None else bn      # rope turns whole row pairs
         _gemv_kernel[(triton.cdiv(N, bn),)](
             out, x, W, g, residual, *turn, N, K, W.stride(0), float(eps), cos.stride(0), rot,
-            hd, BLOCK_N=bn, BLOCK_K=bk, ONE_TILE=K <= bk, num_warps=warps, **common)
+            hd, BLOCK_N=bn, BLOCK_K=bk, ONE_TILE=K <= bk,
+            EARLY_RES=_early_residual(K <= bk, warps), num_warps=warps, **common)
         return
     if rope is not None:                 # more tokens: the GEMM, then the rope kernel
         _run(out, x, w, g, eps)
