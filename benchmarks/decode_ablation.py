@@ -3,7 +3,8 @@
 Random weights of a named shape, a 512-token prompt in the KV cache, one decode step at
 position 512 replayed back to back (CUDA events, median of 7 batches). Removing an op makes
 the output wrong but shows what that op costs on the step's critical path; "GEMVs only"
-is the ceiling of a chain of one GEMV kernel per weight matrix.
+is the ceiling of a chain of one GEMV kernel per weight matrix. RoPE runs as its own kernel
+here (the qkv GEMV's fused rotation withheld), so that it can be removed.
 
     python benchmarks/decode_ablation.py tinyllama-1.1b llama2-7b
 """
@@ -19,6 +20,7 @@ def step_us(device, step, replays: int) -> float:
 
 def ablate(dev, shape: str, bandwidth: float) -> None:
     model = model_after_prompt(dev, shape)
+    model.qkv_rope_k = None
     floor = floor_us(model, bandwidth)
     kernels = vars(model.k).copy()
     step = greedy_step(model)

@@ -4,7 +4,7 @@ Random weights of a named shape, a 512-token prompt in the KV cache; the decode 
 position 512 is replayed as a CUDA graph under torch.profiler. Kernels overlap (each one
 launches early and waits for the one before it), so each kernel is charged its increment:
 its end minus the latest end before it. Increments add up to the step. They are summed per
-role (per layer: qkv, rope, attention, o, w13, w2; once: embedding, classifier, sampling)
+role (per layer: qkv with RoPE, attention, o, w13, w2; once: embedding, classifier, sampling)
 and set beside the time each GEMV's weight bytes take at the copy bandwidth, so a GEMV
 whose increment exceeds that time shows a link that costs streaming time.
 

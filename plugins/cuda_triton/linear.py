@@ -340,9 +340,10 @@ def _gemv_config(N, K):
 
 def _early_residual(one_tile, warps):
     """Whether a GEMV loads its residual right after the PDL wait. Timed in whole decode steps
-    (H100, one process): it pays for whole rows (Llama-2-7B's o: -21 us a step) and for tiles
-    walked by 8 warps (the w2 of TinyLlama and Llama-3.2-1B: -4 and -8 us), and costs for tiles
-    walked by 4 warps (Llama-2-7B's w2: +90 us). The q8_0 GEMV, not timed, loads it late."""
+    (H100, one process, perf-notes attempt 33): it pays for whole rows (Llama-2-7B's o: -18 us
+    a step) and for tiles walked by 8 warps (the w2 of TinyLlama and Llama-3.2-1B: -5 and
+    -3 us), and costs for tiles walked by 4 warps (Llama-2-7B's w2: +90 us). The q8_0 GEMV,
+    not timed, loads it late."""
     return one_tile or warps == 8
 
 
