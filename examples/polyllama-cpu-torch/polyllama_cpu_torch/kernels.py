@@ -42,6 +42,16 @@ def rope(q, k, pos, cos, sin):
         odd.copy_(new_odd)
 
 
+def rmsnorm_linear_rope(out, x, weight, eps, w, pos, cos, sin, heads):
+    """An optional op (the qkv projection with its q and k heads rotated), composed here from
+    the kernels above; a GPU backend does it in one GEMV."""
+    normed = torch.empty_like(x)
+    rmsnorm(normed, x, weight, eps)
+    linear(out, normed, w)
+    turned = out[:, :heads * 2 * cos.shape[1]].unflatten(1, (heads, -1))
+    rope(turned, turned[:, :0], pos, cos, sin)
+
+
 def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     p, (T, H, hd), KV = int(pos[0]), q.shape, k.shape[1]
     n, g = p + T, H // KV
