@@ -430,15 +430,15 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None):
     pdl = pdl_enabled(out.device)
     add = residual is not None
     residual = residual if add else out
+    pos, cos, sin, rot, hd = out, out, out, 0, 2              # placeholders without rope
+    if rope is not None:
+        pos, cos, sin, heads = rope
+        hd = 2 * cos.shape[1]
+        rot = heads * hd
     if M == 1:
         common = dict(NORM=g is not None, ADD=add, SWIGLU=swiglu, ROPE=rope is not None, PDL=pdl,
                       launch_pdl=pdl)
         g = x if g is None else g
-        pos, cos, sin, rot, hd = out, out, out, 0, 2          # placeholders without rope
-        if rope is not None:
-            pos, cos, sin, heads = rope
-            hd = 2 * cos.shape[1]
-            rot = heads * hd
         turn = (pos, cos, sin)
         if q8:
             bn, bk, warps = _gemv_q8_config(W.shape[0], K, group)
@@ -457,8 +457,7 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None):
         return
     if rope is not None:                 # more tokens: the GEMM, then the rope kernel
         _run(out, x, w, g, eps)
-        pos, cos, sin, heads = rope
-        turned = out[:, :heads * 2 * cos.shape[1]].unflatten(1, (heads, -1))
+        turned = out[:, :rot].unflatten(1, (rot // hd, hd))
         rope_kernel(turned, turned[:, :0], pos, cos, sin)
         return
     if g is not None:
