@@ -244,6 +244,19 @@ __device__ __forceinline__ float rotated(float x, float partner, int d, const fl
     return to_f(from_f<T>(d & 1 ? partner * s + x * c : x * c - partner * s));
 }
 
+// MINE running softmaxes with nothing seen yet: maximum -inf, sum 0, weighted values 0.
+template <int MINE, int PER>
+__device__ __forceinline__ void empty_softmax(float (&m)[MINE], float (&l)[MINE],
+                                              float (&acc)[MINE][PER]) {
+#pragma unroll
+    for (int i = 0; i < MINE; ++i) {
+        m[i] = NEG_INF;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < PER; ++j) acc[i][j] = 0.0f;
+    }
+}
+
 // One token: grid (kv heads, splits), DEC_WARPS warps; PER = head dims per lane (hd <= 32 PER).
 // A block reduces its split of the keys 0..pos for the G <= MAX_G query heads sharing its kv
 // head, so each key and value is read once. q and the new key are rotated here by the tables'
@@ -333,13 +346,7 @@ __device__ void attention_decode(T* out, float* part, int* counters, const T* q,
         heads[i] = min(g, G - 1);
     }
     float m[MINE], l[MINE], acc[MINE][PER];
-#pragma unroll
-    for (int i = 0; i < MINE; ++i) {
-        m[i] = NEG_INF;
-        l[i] = 0.0f;
-#pragma unroll
-        for (int j = 0; j < PER; ++j) acc[i][j] = 0.0f;
-    }
+    empty_softmax(m, l, acc);
     for (int s0 = start; s0 < end; s0 += 32) {
         __syncthreads();                               // the previous tile is used up
 #pragma unroll
@@ -441,13 +448,7 @@ __device__ void attention_decode(T* out, float* part, int* counters, const T* q,
                                                                 : MAX_SPLITS;
     const float* partials = part + (long long)kvh * G * splits * row;
     float top[MINE], total[MINE], num[MINE][PER];
-#pragma unroll
-    for (int i = 0; i < MINE; ++i) {
-        top[i] = NEG_INF;
-        total[i] = 0.0f;
-#pragma unroll
-        for (int j = 0; j < PER; ++j) num[i][j] = 0.0f;
-    }
+    empty_softmax(top, total, num);
     for (int k0 = 0; k0 < used; k0 += BATCH) {
         float pm[MINE][BATCH], pl[MINE][BATCH], pa[MINE][BATCH][PER];
 #pragma unroll
