@@ -172,8 +172,7 @@ def fused_step(model, block_n, block_s, stages, warps, cached):
                                       model.sin, model.scale, L.wo, block_n, block_s, stages,
                                       warps, cached)
             model._ffn(L, a)
-        model._classify(a)
-        model._pick("argmax")
+        model._classify(a, "argmax")
     return step
 
 

@@ -90,11 +90,10 @@ def model_after_prompt(dev, shape: str, quant: str | None = None,
 
 
 def greedy_step(model):
-    """The decode step these scripts time: a forward pass at the set position, then the
-    argmax pick on the device (the token the next step reads)."""
+    """The decode step these scripts time: a forward pass at the set position and the argmax
+    pick on the device (the token the next step reads), fused as the executor fuses them."""
     def step():
-        model._step(model._decode)
-        model._pick("argmax")
+        model._step(model._decode, "argmax")
     return step
 
 

@@ -153,6 +153,7 @@ class Model:
         self.qkv_rope_k = optional("rmsnorm_linear_rope", self.fmt)
         self.swiglu_k = optional("rmsnorm_swiglu", self.fmt)
         self.rope_attention_k = optional("rope_attention")
+        self.argmax_k = optional("rmsnorm_linear_argmax", self.fmt)
         self.sample_k, self.advance_k = optional("sample"), optional("advance")
 
     def _upload(self, host, dtype=None):
@@ -175,10 +176,11 @@ class Model:
                       {k: self._upload(v, v.dtype.name) for k, v in parts.items()}, meta)
 
     # ------------------------------------------------------------------ forward
-    def _step(self, a: SimpleNamespace) -> None:
-        """One forward pass over a.T tokens at position pos; logits of the last token."""
+    def _step(self, a: SimpleNamespace, pick: str = "logits") -> None:
+        """One forward pass over a.T tokens at position pos; logits of the last token (and the
+        pick, see decode)."""
         self._layers(a)
-        self._classify(a)
+        self._classify(a, pick)
 
     def _layers(self, a: SimpleNamespace) -> None:
         """The residual stream a.x of a.T tokens after every layer (keys and values cached)."""
@@ -214,9 +216,16 @@ class Model:
             self.k.silu_mul(a.act, a.gate, a.up)
         self._linear_add(a.x, a.act, L.w2, a.tmp)
 
-    def _classify(self, a: SimpleNamespace) -> None:
+    def _classify(self, a: SimpleNamespace, pick: str = "logits") -> None:
+        """The last token's logits, and the pick (see decode): fused with the classifier
+        where the backend has rmsnorm_linear_argmax."""
+        if pick == "argmax" and self.argmax_k is not None:
+            self.argmax_k(self.decode_ws.ids.native, self.logits.native, a.last, self.norm,
+                          self.config.norm_eps, self.output)
+            return
         self._norm_linear(self.logits.native, a.last, self.norm, self.output,
                           self._decode.h)
+        self._pick(pick)
 
     def _norm_linear(self, out, x, norm_w, w, scratch):
         if self.rmsnorm_linear_k is not None:
@@ -291,7 +300,7 @@ class Model:
         runner = self._runners.get(pick)
         if runner is None:
             runner = self._runners[pick] = self.device.decode_runner(
-                lambda: (self._step(self._decode), self._pick(pick), self._advance()))
+                lambda: (self._step(self._decode, pick), self._advance()))
         self._device_pos = None
         runner()
         if self.advance_k is not None:

@@ -33,6 +33,9 @@ the host does its work)
         projection) rotated as rope rotates q and k. One GEMV can then do both.
   rmsnorm_swiglu(out[T,F], x[T,K], weight[K], eps, w: Weight)    W = [W1; W3] (2F x K):
         g | u = rmsnorm_linear(x, weight, eps, W) split in halves; out = silu_mul(g, u)
+  rmsnorm_linear_argmax(ids[T], logits[T,V], x[T,K], weight[K], eps, w: Weight)
+        logits = rmsnorm_linear(x, weight, eps, w), then ids = argmax(logits) of the logits
+        as stored: a greedy decode step's classifier and pick. One GEMV can pick as it goes.
   sample(out[1], logits[1,V], params[4], u[1])
         params = (temperature, top_k, top_p, min_p) as float32; u ~ U[0,1) float32.
         Samples one token from softmax(logits / temperature) restricted by top-k, top-p,
@@ -55,7 +58,7 @@ from typing import Any
 REQUIRED_OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add",
                 "argmax")
 OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "rmsnorm_linear_rope", "rmsnorm_swiglu",
-                "rope_attention", "sample", "advance")
+                "rope_attention", "rmsnorm_linear_argmax", "sample", "advance")
 ALL_OPS = REQUIRED_OPS + OPTIONAL_OPS
 
 DENSE = "dense"        # weight format of an unquantized matrix in the compute dtype

@@ -295,6 +295,33 @@ def test_rmsnorm_linear_rope(backend, dtype, rng, heads_cfg, T, pos):
     check_out(backend, out, whole, want, dtype, "rmsnorm_linear_rope")
 
 
+@pytest.mark.parametrize("T", [1, 3])
+@pytest.mark.parametrize("V", [97, 32003])
+def test_rmsnorm_linear_argmax(backend, dtype, rng, T, V):
+    """The classifier with its greedy pick: logits against the float64 reference, ids against
+    numpy's argmax of the logits as stored, with two equal rows tying for token 0's maximum
+    (the first wins)."""
+    fn = optional_kernel(backend, "rmsnorm_linear_argmax")
+    K, eps = 67, 1e-5
+    x_host = rng.standard_normal((T, K)) * 2
+    w_host = rng.standard_normal((V, K)) / np.sqrt(K)
+    i, j = sorted(rng.choice(V, 2, replace=False))
+    w_host[i] = w_host[j] = x_host[0] / np.linalg.norm(x_host[0])      # the top logit, twice
+    x = upload(backend, x_host, dtype)
+    norm = upload(backend, np.ones(K), dtype)
+    w, w_used = dense(backend, w_host, dtype)
+    logits, whole = poisoned(backend, (T, V), dtype)
+    ids, ids_whole = poisoned(backend, (T,), "int32")
+    fn(ids.native, logits.native, x.native, norm.native, eps, w)
+    check_out(backend, logits, whole, normed_reference("rmsnorm_linear", x.numpy(),
+                                                       norm.numpy(), eps, w_used),
+              dtype, "rmsnorm_linear_argmax")
+    stored = logits.numpy()
+    assert stored[0, i] == stored[0, j] == stored[0].max()
+    check_out(backend, ids, ids_whole, reference.argmax(stored), "int32", "rmsnorm_linear_argmax")
+    assert ids.numpy()[0] == i
+
+
 @pytest.mark.parametrize("op", ["linear", "linear_add", "rmsnorm_linear", "rmsnorm_swiglu"])
 @pytest.mark.parametrize("N,K", [(19, 5632), (13, 4611)])
 def test_one_token_over_long_rows(backend, dtype, rng, op, N, K):

@@ -201,10 +201,10 @@ LINEAR_SHAPES = [(1, 45, 83), (1, 22, 300), (7, 45, 83), (130, 72, 96)] if SMALL
     (300, 4096, 1024), (1024, 11264, 512)]
 
 
-def weight(dev, rng, fmt, dtype, N, K):
-    """(Weight, its values as the reference multiplies them): dense in dtype, or q8_0 as the
-    int8 scheme packs it."""
-    w = rng.standard_normal((N, K)) / np.sqrt(K)
+def weight(dev, rng, fmt, dtype, N, K, w=None):
+    """(Weight, its values as the reference multiplies them) of w (else random): dense in
+    dtype, or q8_0 as the int8 scheme packs it."""
+    w = rng.standard_normal((N, K)) / np.sqrt(K) if w is None else w
     if fmt == "dense":
         W = up(dev, w, dtype)
         return Weight("dense", (N, K), {"w": W}), host(W)
@@ -279,6 +279,37 @@ def test_rmsnorm_linear_rope(dev, rng, dtype, T, H, KV, hd, K, fmt):
     turned = reference.rope(qkv[:, :(H + KV) * hd].reshape(T, H + KV, hd), p, cos, sin)
     close(out, np.concatenate([turned.reshape(T, -1), qkv[:, (H + KV) * hd:]], axis=1), dtype,
           roundings=2 if T > 1 else 1)
+
+
+ARGMAX_SHAPES = [(1, 301, 40), (3, 97, 24)] if SMALL else [
+    (1, 32000, 2048), (1, 128256, 2048), (4, 1001, 2048)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,V,K", ARGMAX_SHAPES)
+@pytest.mark.parametrize("fmt", ["dense", "q8_0"])
+def test_rmsnorm_linear_argmax(dev, rng, dtype, T, V, K, fmt):
+    """The classifier picking as it goes: logits against the float64 reference, ids against
+    numpy's argmax of the logits as stored, where two equal rows tie for the maximum (the
+    first wins). Two picks in a row: the second must not see the first's maximum."""
+    base = rng.standard_normal((V, K)) / np.sqrt(K)
+    i, j = sorted(rng.choice(V, 2, replace=False))
+    g = up(dev, 1 + 0.3 * rng.standard_normal(K), dtype)
+    for round_ in range(2):
+        x_host = rng.standard_normal((T, K))
+        normed = x_host / np.sqrt((x_host ** 2).mean(axis=1, keepdims=True))
+        w_host = base.copy()
+        w_host[i] = w_host[j] = normed[0] * (round_ + 4) / np.sqrt(K)    # the top logit, twice
+        w, W = weight(dev, rng, fmt, dtype, V, K, w_host)
+        x = up(dev, x_host, dtype)
+        ids = dev.empty((T,), "int32").native.fill_(-1)
+        logits = poisoned(dev, (T, V), dtype)
+        linear.rmsnorm_linear_argmax(ids, logits, x, g, 1e-5, w)
+        close(logits, reference.linear(reference.rmsnorm(host(x), host(g), 1e-5), W), dtype)
+        stored = host(logits)
+        assert stored[0, i] == stored[0, j] == stored[0].max()
+        assert host(ids).astype(int).tolist() == reference.argmax(stored).tolist()
+        assert host(ids)[0] == i
 
 
 @pytest.mark.parametrize("T", [1, 5])

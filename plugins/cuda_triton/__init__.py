@@ -9,7 +9,7 @@ KERNELS = {
     "embedding": "kernels", "rmsnorm": "kernels", "rope": "kernels", "silu_mul": "kernels",
     "add": "kernels", "argmax": "sampling", "attention": "attention", "linear": "linear",
     "rmsnorm_linear": "linear", "linear_add": "linear", "rmsnorm_linear_rope": "linear",
-    "rmsnorm_swiglu": "linear",
+    "rmsnorm_swiglu": "linear", "rmsnorm_linear_argmax": "linear",
     "sample": "sampling", "advance": "kernels",
 }
 FIX = "pip install 'polyllama[cuda-triton]'"

@@ -39,6 +39,7 @@ from polyllama.plugins.int8.pack import FMT as Q8_0
 from .device import hopper, interpreting, multiprocessors, pdl_enabled
 from .kernels import pdl_start, rmsnorm, silu_mul
 from .kernels import rope as rope_kernel
+from .sampling import _order_key, argmax, argmax_key, pick_key
 
 _scratch: dict = {}       # prefill intermediates (see _scratch_for)
 _outgrown: list = []      # scratch a larger one replaced: recorded prefills still use it
@@ -48,9 +49,10 @@ TMA_MIN_ROWS = 129        # fewer rows: per-tile programs loading through pointe
 
 
 @triton.jit
-def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr, N, K, s_w,
-                 eps, s_tab, ROT, HD, NORM: tl.constexpr, ADD: tl.constexpr,
-                 SWIGLU: tl.constexpr, ROPE: tl.constexpr, BLOCK_N: tl.constexpr,
+def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr, key_ptr, N, K,
+                 s_w, eps, s_tab, ROT, HD, NORM: tl.constexpr, ADD: tl.constexpr,
+                 SWIGLU: tl.constexpr, ROPE: tl.constexpr, ARGMAX: tl.constexpr,
+                 IDB: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr, EARLY_RES: tl.constexpr,
                  PDL: tl.constexpr):
     """SWIGLU: W holds 2N rows (gate, then up); out = silu(gate) * up, N wide.
@@ -100,8 +102,18 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr,
         y_u = tl.sum(acc_u, axis=1)
     if not EARLY_RES:
         res = _residual(r_ptr, rows, N, ADD)
-    _epilogue(out_ptr, res, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t, sin_t, NORM,
-              ADD, SWIGLU, ROPE, BLOCK_N)
+    y = _epilogue(out_ptr, res, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t, sin_t,
+                  NORM, ADD, SWIGLU, ROPE, BLOCK_N)
+    if ARGMAX:
+        _offer_argmax(key_ptr, y, rows, N, IDB)
+
+
+@triton.jit
+def _offer_argmax(key_ptr, y, rows, N, IDB: tl.constexpr):
+    """Raise the argmax key (see sampling.py) to the largest order key of the outputs y
+    (as stored) of the program's rows."""
+    keys = tl.where(rows < N, _order_key(y.to(tl.float32), rows, IDB, 0), -1)
+    tl.atomic_max(key_ptr, tl.max(keys, axis=0), sem="relaxed")
 
 
 @triton.jit
@@ -169,7 +181,9 @@ def _epilogue(out_ptr, res, rows, N, y, y_u, ss, K, eps, cos_t, sin_t, NORM: tl.
         y = y * tl.sigmoid(y) * y_u
     if ADD:
         y += res
-    tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
+    y = y.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + rows, y, mask=rows < N)
+    return y
 
 
 @triton.jit
@@ -202,9 +216,10 @@ def _q8_sum(q, sc, x, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.co
 
 
 @triton.jit
-def _gemv_q8_kernel(out_ptr, x_ptr, q_ptr, s_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr, N,
-                    K, s_q, s_s, eps, s_tab, ROT, HD, NORM: tl.constexpr, ADD: tl.constexpr,
-                    SWIGLU: tl.constexpr, ROPE: tl.constexpr, GROUP: tl.constexpr,
+def _gemv_q8_kernel(out_ptr, x_ptr, q_ptr, s_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr,
+                    key_ptr, N, K, s_q, s_s, eps, s_tab, ROT, HD, NORM: tl.constexpr,
+                    ADD: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
+                    ARGMAX: tl.constexpr, IDB: tl.constexpr, GROUP: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """_gemv_kernel for q8_0 weights: [BLOCK_N, BLOCK_K] int8 tiles, the first issued before
     the PDL wait, each next one while the current is summed. SWIGLU: a tile's rows alternate
@@ -242,8 +257,10 @@ def _gemv_q8_kernel(out_ptr, x_ptr, q_ptr, s_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr
     if SWIGLU:
         y, y_u = tl.split(tl.reshape(y, [OUT_N, 2]))
     res = _residual(r_ptr, rows, N, ADD)
-    _epilogue(out_ptr, res, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t, sin_t, NORM,
-              ADD, SWIGLU, ROPE, OUT_N)
+    y = _epilogue(out_ptr, res, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t, sin_t,
+                  NORM, ADD, SWIGLU, ROPE, OUT_N)
+    if ARGMAX:
+        _offer_argmax(key_ptr, y, rows, N, IDB)
 
 
 @triton.jit
@@ -417,9 +434,9 @@ def _scratch_for(name, shape, like):
     return buf[:numel].view(shape)
 
 
-def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None):
+def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None, pick=None):
     """rope: (pos, cos, sin, heads) rotates the first heads * hd outputs
-    (rmsnorm_linear_rope)."""
+    (rmsnorm_linear_rope). pick: an int64 key raised to the outputs' argmax key."""
     q8 = w.fmt == Q8_0
     W = w.parts["q" if q8 else "w"]
     S = w.parts["s"] if q8 else W                    # scales (a placeholder when dense)
@@ -436,23 +453,25 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None):
         hd = 2 * cos.shape[1]
         rot = heads * hd
     if M == 1:
-        common = dict(NORM=g is not None, ADD=add, SWIGLU=swiglu, ROPE=rope is not None, PDL=pdl,
+        common = dict(NORM=g is not None, ADD=add, SWIGLU=swiglu, ROPE=rope is not None,
+                      ARGMAX=pick is not None, IDB=max(1, (N - 1).bit_length()), PDL=pdl,
                       launch_pdl=pdl)
         g = x if g is None else g
         turn = (pos, cos, sin)
+        key = out if pick is None else pick
         if q8:
             bn, bk, warps = _gemv_q8_config(W.shape[0], K, group)
             _gemv_q8_kernel[(triton.cdiv(N, bn // 2 if swiglu else bn),)](
-                out, x, W, S, g, residual, *turn, N, K, W.stride(0), S.stride(0), float(eps),
-                cos.stride(0), rot, hd, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
-                **common)
+                out, x, W, S, g, residual, *turn, key, N, K, W.stride(0), S.stride(0),
+                float(eps), cos.stride(0), rot, hd, GROUP=group, BLOCK_N=bn, BLOCK_K=bk,
+                num_warps=warps, **common)
             return
         bn, bk, warps = _gemv_config(W.shape[0], K)
         bn = max(1, bn // 2) if swiglu else bn           # gate and up rows: the same bytes
         bn = max(2, bn) if rope is not None else bn      # rope turns whole row pairs
         _gemv_kernel[(triton.cdiv(N, bn),)](
-            out, x, W, g, residual, *turn, N, K, W.stride(0), float(eps), cos.stride(0), rot,
-            hd, BLOCK_N=bn, BLOCK_K=bk, ONE_TILE=K <= bk,
+            out, x, W, g, residual, *turn, key, N, K, W.stride(0), float(eps), cos.stride(0),
+            rot, hd, BLOCK_N=bn, BLOCK_K=bk, ONE_TILE=K <= bk,
             EARLY_RES=_early_residual(K <= bk, warps), num_warps=warps, **common)
         return
     if rope is not None:                 # more tokens: the GEMM, then the rope kernel
@@ -506,3 +525,16 @@ def rmsnorm_linear_rope(out, x, weight, eps, w, pos, cos, sin, heads):
 
 def rmsnorm_swiglu(out, x, weight, eps, w):
     _run(out, x, w, g=weight, eps=eps, swiglu=True)
+
+
+def rmsnorm_linear_argmax(ids, logits, x, weight, eps, w):
+    """One token: every GEMV program raises a shared key to its rows' argmax key, and a
+    one-thread kernel turns the key into the id; the argmax kernel and its read of the
+    logits leave the decode step."""
+    if x.shape[0] > 1:
+        _run(logits, x, w, g=weight, eps=eps)
+        argmax(ids, logits)
+        return
+    key = argmax_key(x.device)
+    _run(logits, x, w, g=weight, eps=eps, pick=key)
+    pick_key(ids, key, logits.shape[1])

@@ -46,6 +46,7 @@ SEARCHES = 3              # top-k, top-p, the draw
 SEARCH_SUB = 512          # logits per step of a search program's histogram
 _workspaces: dict = {}    # never freed: graphs hold them
 _search_workspaces: dict = {}    # the same
+_key_workspaces: dict = {}       # the same
 
 
 def _sizes(V):
@@ -122,6 +123,29 @@ def argmax(out, logits):
     _argmax_kernel[(T, P)](out, logits, keys, cnt, V, logits.stride(0),
                            IDB=max(1, (V - 1).bit_length()), CHUNK=chunk,
                            P2=triton.next_power_of_2(P), PDL=pdl, num_warps=8, launch_pdl=pdl)
+
+
+def argmax_key(device):
+    """The largest order key a GEMV's programs have offered (linear.rmsnorm_linear_argmax), -1
+    between picks: pick_key resets it."""
+    key = str(device)
+    if key not in _key_workspaces:
+        _key_workspaces[key] = torch.full((1,), -1, dtype=torch.int64, device=device)
+    return _key_workspaces[key]
+
+
+@triton.jit
+def _pick_key_kernel(out_ptr, key_ptr, IDB: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
+    tl.store(out_ptr, _token(tl.load(key_ptr, cache_modifier=".cg"), IDB))
+    tl.store(key_ptr, -1)
+
+
+def pick_key(out, key, V):
+    """out[0] = the token of the offered key, which is reset for the next pick."""
+    pdl = pdl_enabled(out.device)
+    _pick_key_kernel[(1,)](out, key, IDB=max(1, (V - 1).bit_length()), PDL=pdl, num_warps=1,
+                           launch_pdl=pdl)
 
 
 # ---------------------------------------------------------------- whole-vocabulary search

@@ -10,7 +10,7 @@ from polyllama import hookimpl
 BACKEND = "cpu_torch"
 KERNELS = "polyllama_cpu_torch.kernels"
 OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add", "argmax",
-       "linear_add", "rmsnorm_linear_rope")
+       "linear_add", "rmsnorm_linear_rope", "rmsnorm_linear_argmax")
 
 
 def probe():

@@ -52,6 +52,14 @@ def rmsnorm_linear_rope(out, x, weight, eps, w, pos, cos, sin, heads):
     rope(turned, turned[:, :0], pos, cos, sin)
 
 
+def rmsnorm_linear_argmax(ids, logits, x, weight, eps, w):
+    """An optional op (a greedy step's classifier and pick), composed from the kernels here."""
+    normed = torch.empty_like(x)
+    rmsnorm(normed, x, weight, eps)
+    linear(logits, normed, w)
+    argmax(ids, logits)
+
+
 def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     p, (T, H, hd), KV = int(pos[0]), q.shape, k.shape[1]
     n, g = p + T, H // KV
