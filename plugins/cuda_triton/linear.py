@@ -1,6 +1,7 @@
-"""linear, rmsnorm_linear, linear_add, rmsnorm_linear_rope and rmsnorm_swiglu:
-out = [residual +] norm?(x) @ W^T (rmsnorm_swiglu: silu(gate) * up of the two halves of that
-product; rmsnorm_linear_rope: the q and k heads of that product rotated).
+"""linear, rmsnorm_linear, linear_add, rmsnorm_linear_rope, rmsnorm_swiglu and
+rmsnorm_linear_argmax: out = [residual +] norm?(x) @ W^T (rmsnorm_swiglu: silu(gate) * up of
+the two halves of that product; rmsnorm_linear_rope: the q and k heads of that product
+rotated; rmsnorm_linear_argmax: also the index of its largest output).
 
 One token (decode) streams W once through a GEMV whose programs each own a few rows: it is
 bound by memory bandwidth, so a program loads its rows whole, or walks them in tiles with
@@ -9,7 +10,8 @@ previous kernel (PDL). Weights are read once per step, so their loads are marked
 evict-first (L2 keeps activations and the KV cache). The RMSNorm of the input is fused
 (x * weight, the row's inverse RMS applied to the sum), so are the residual add, the SwiGLU
 (a program owns matching gate and up rows) and RoPE (a program owns whole row pairs, and
-the executor's rope pairs are adjacent: no rope kernel and no link to it). More tokens
+the executor's rope pairs are adjacent: no rope kernel and no link to it), and so is the
+greedy pick (each program offers its rows' largest argmax key to one word). More tokens
 (prefill) go through a tiled tl.dot GEMM; there the RMSNorm runs first into a scratch
 buffer, since scaling the tiles in registers would keep them off the pipelined
 shared-memory path of the tensor cores. In 16-bit dtypes the GEMM is persistent (a program
