@@ -456,7 +456,8 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None, pic
         rot = heads * hd
     if M == 1:
         common = dict(NORM=g is not None, ADD=add, SWIGLU=swiglu, ROPE=rope is not None,
-                      ARGMAX=pick is not None, IDB=max(1, (N - 1).bit_length()), PDL=pdl,
+                      ARGMAX=pick is not None,
+                      IDB=max(1, (N - 1).bit_length()) if pick is not None else 1, PDL=pdl,
                       launch_pdl=pdl)
         g = x if g is None else g
         turn = (pos, cos, sin)
