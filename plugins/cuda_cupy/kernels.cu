@@ -40,6 +40,16 @@ __device__ void rmsnorm(T* out, const T* x, const T* w, int D, float eps, long l
         out[blockIdx.x * s_out + c] = from_f<T>(to_f(row[c]) * inv * to_f(w[c]));
 }
 
+// Element d of a head rotated by RoPE: the pair (x[2i], x[2i+1]) turns by the angle of
+// cos[i], sin[i]; x is element d, partner element d ^ 1. Rounded to T, as rope's in-place
+// result would be.
+template <typename T>
+__device__ __forceinline__ float rotated(float x, float partner, int d, const float* cos_row,
+                                         const float* sin_row) {
+    float c = cos_row[d / 2], s = sin_row[d / 2];
+    return to_f(from_f<T>(d & 1 ? partner * s + x * c : x * c - partner * s));
+}
+
 // grid (T, H + KV), threads over the hd/2 pairs; pos[0] + t is token t's position
 template <typename T>
 __device__ void rope(T* q, T* k, const int* pos, const float* cos_t, const float* sin_t,
@@ -49,11 +59,11 @@ __device__ void rope(T* q, T* k, const int* pos, const float* cos_t, const float
     int t = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
     if (i >= hd / 2) return;
     T* x = h < H ? q + t * sq_t + h * sq_h : k + t * sk_t + (h - H) * sk_h;
-    long long p = pos[0] + t;
-    float c = cos_t[p * s_tab + i], s = sin_t[p * s_tab + i];
+    const float* cos_row = cos_t + (pos[0] + t) * s_tab;
+    const float* sin_row = sin_t + (pos[0] + t) * s_tab;
     float even = to_f(x[2 * i]), odd = to_f(x[2 * i + 1]);
-    x[2 * i] = from_f<T>(even * c - odd * s);
-    x[2 * i + 1] = from_f<T>(even * s + odd * c);
+    x[2 * i] = from_f<T>(rotated<T>(even, odd, 2 * i, cos_row, sin_row));
+    x[2 * i + 1] = from_f<T>(rotated<T>(odd, even, 2 * i + 1, cos_row, sin_row));
 }
 
 // grid (T, column blocks)
@@ -232,16 +242,6 @@ __device__ void attention_prefill(T* out, const T* q, const T* kc, const T* vc, 
         }
         out[t * s_ot + h * s_oh + d] = from_f<T>(num / den);
     }
-}
-
-// Element d of a head rotated by RoPE: the pair (x[2i], x[2i+1]) turns by the angle of
-// cos[i], sin[i]; x is element d, partner element d ^ 1. Rounded to T, as rope's in-place
-// result would be.
-template <typename T>
-__device__ __forceinline__ float rotated(float x, float partner, int d, const float* cos_row,
-                                         const float* sin_row) {
-    float c = cos_row[d / 2], s = sin_row[d / 2];
-    return to_f(from_f<T>(d & 1 ? partner * s + x * c : x * c - partner * s));
 }
 
 // MINE running softmaxes with nothing seen yet: maximum -inf, sum 0, weighted values 0.
