@@ -104,10 +104,8 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr,
         y_u = tl.sum(acc_u, axis=1)
     if not EARLY_RES:
         res = _residual(r_ptr, rows, N, ADD)
-    y = _epilogue(out_ptr, res, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t, sin_t,
-                  NORM, ADD, SWIGLU, ROPE, BLOCK_N)
-    if ARGMAX:
-        _offer_argmax(key_ptr, y, rows, N, IDB)
+    _epilogue(out_ptr, key_ptr, res, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t,
+              sin_t, NORM, ADD, SWIGLU, ROPE, ARGMAX, IDB, BLOCK_N)
 
 
 @triton.jit
@@ -165,11 +163,12 @@ def _rope_factors(pos_ptr, cos_ptr, sin_ptr, s_tab, first, ROT, HD, BLOCK_N: tl.
 
 
 @triton.jit
-def _epilogue(out_ptr, res, rows, N, y, y_u, ss, K, eps, cos_t, sin_t, NORM: tl.constexpr,
-              ADD: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
-              BLOCK_N: tl.constexpr):
+def _epilogue(out_ptr, key_ptr, res, rows, N, y, y_u, ss, K, eps, cos_t, sin_t,
+              NORM: tl.constexpr, ADD: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
+              ARGMAX: tl.constexpr, IDB: tl.constexpr, BLOCK_N: tl.constexpr):
     """Row sums y (and y_u, the up half) to outputs: RMSNorm scale, RoPE (cos_t and sin_t
-    from _rope_factors), SwiGLU, residual add (res from _residual)."""
+    from _rope_factors), SwiGLU, residual add (res from _residual); with ARGMAX the stored
+    outputs' largest argmax key is offered to key_ptr."""
     if NORM:
         inv = tl.rsqrt(ss / K + eps)
         y = y * inv
@@ -185,7 +184,8 @@ def _epilogue(out_ptr, res, rows, N, y, y_u, ss, K, eps, cos_t, sin_t, NORM: tl.
         y += res
     y = y.to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + rows, y, mask=rows < N)
-    return y
+    if ARGMAX:
+        _offer_argmax(key_ptr, y, rows, N, IDB)
 
 
 @triton.jit
@@ -259,10 +259,8 @@ def _gemv_q8_kernel(out_ptr, x_ptr, q_ptr, s_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr
     if SWIGLU:
         y, y_u = tl.split(tl.reshape(y, [OUT_N, 2]))
     res = _residual(r_ptr, rows, N, ADD)
-    y = _epilogue(out_ptr, res, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t, sin_t,
-                  NORM, ADD, SWIGLU, ROPE, OUT_N)
-    if ARGMAX:
-        _offer_argmax(key_ptr, y, rows, N, IDB)
+    _epilogue(out_ptr, key_ptr, res, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t,
+              sin_t, NORM, ADD, SWIGLU, ROPE, ARGMAX, IDB, OUT_N)
 
 
 @triton.jit
