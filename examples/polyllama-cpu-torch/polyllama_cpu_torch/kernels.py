@@ -42,21 +42,24 @@ def rope(q, k, pos, cos, sin):
         odd.copy_(new_odd)
 
 
-def rmsnorm_linear_rope(out, x, weight, eps, w, pos, cos, sin, heads):
-    """An optional op (the qkv projection with its q and k heads rotated), composed here from
-    the kernels above; a GPU backend does it in one GEMV."""
+def _normed_linear(out, x, weight, eps, w):
+    """linear(rmsnorm(x)), the start of the composed optional ops below."""
     normed = torch.empty_like(x)
     rmsnorm(normed, x, weight, eps)
     linear(out, normed, w)
+
+
+def rmsnorm_linear_rope(out, x, weight, eps, w, pos, cos, sin, heads):
+    """An optional op (the qkv projection with its q and k heads rotated), composed here from
+    the kernels above; a GPU backend does it in one GEMV."""
+    _normed_linear(out, x, weight, eps, w)
     turned = out[:, :heads * 2 * cos.shape[1]].unflatten(1, (heads, -1))
     rope(turned, turned[:, :0], pos, cos, sin)
 
 
 def rmsnorm_linear_argmax(ids, logits, x, weight, eps, w):
     """An optional op (a greedy step's classifier and pick), composed from the kernels here."""
-    normed = torch.empty_like(x)
-    rmsnorm(normed, x, weight, eps)
-    linear(logits, normed, w)
+    _normed_linear(logits, x, weight, eps, w)
     argmax(ids, logits)
 
 
