@@ -15,7 +15,7 @@ import secrets
 import numpy as np
 import pytest
 
-from polyllama import get_device, get_registry
+from polyllama import get_device, get_registry, reference
 from polyllama.ops import DENSE
 
 TOL = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 2e-2}   # relative to the largest |ref|
@@ -102,3 +102,11 @@ def assert_close(got, want, dtype, what):
     tol = TOL[dtype]
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(np.abs(want).max(), 1e-30),
                                err_msg=what)
+
+
+def normed_reference(op, x, norm, eps, w):
+    """rmsnorm_linear's or rmsnorm_swiglu's result (w: [W1; W3] for the latter)."""
+    out = reference.linear(reference.rmsnorm(x, norm, eps), w)
+    if op == "rmsnorm_swiglu":
+        out = reference.silu_mul(*np.split(out, 2, axis=1))
+    return out

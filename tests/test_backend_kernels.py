@@ -14,7 +14,8 @@ import pytest
 from polyllama import Tensor, Weight, get_registry, reference
 from polyllama.ops import DENSE, OPTIONAL_OPS, REQUIRED_OPS
 
-from backends import assert_close, check_out, kernel, poisoned, read, upload
+from backends import (assert_close, check_out, kernel, normed_reference, poisoned, read,
+                      upload)
 
 HEADS = {"mha-hd12": (4, 4, 12), "gqa-hd16": (6, 2, 16), "mqa-hd64": (8, 1, 64),
          "gqa-hd64": (4, 2, 64), "mha-hd128": (2, 2, 128)}   # last two: few heads a kv head, wide
@@ -247,14 +248,6 @@ def test_linear_add(backend, dtype, rng, T, alias):
         out, whole = poisoned(backend, (T, N), dtype)
     fn(out.native, x.native, w, residual.native)
     check_out(backend, out, whole, want, dtype, "linear_add")
-
-
-def normed_reference(op, x, norm, eps, w):
-    """rmsnorm_linear's or rmsnorm_swiglu's result (w: [W1; W3] for the latter)."""
-    out = reference.linear(reference.rmsnorm(x, norm, eps), w)
-    if op == "rmsnorm_swiglu":
-        out = reference.silu_mul(*np.split(out, 2, axis=1))
-    return out
 
 
 @pytest.mark.parametrize("T", [1, 6])

@@ -40,6 +40,18 @@ def test_model_greedy_matches_transformers_fp32(name):
 
 
 @gpu
+@pytest.mark.parametrize("name", sorted(refmodel.CONFIGS))
+def test_model_int8_greedy_matches_transformers_on_int8_weights(name):
+    """--quant int8: the q8_0 GEMV in replayed decode steps, prefill through the dequantized
+    weights and cuBLAS."""
+    hf = refmodel.make_hf_model(name, seed=1)
+    model = Model.build(refmodel.reference_checkpoint(hf), get_device("cuda:cupy"), "float32",
+                        quant="int8")
+    assert model.fmt == "q8_0"
+    refmodel.assert_greedy_matches(model, refmodel.int8_hf_model(name, seed=1), steps=32)
+
+
+@gpu
 def test_model_bf16_logits_close_to_transformers():
     """bf16 weights and activations: the first decode logits within bf16 rounding."""
     hf = refmodel.make_hf_model("gqa-tied", seed=1)

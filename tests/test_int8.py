@@ -11,7 +11,7 @@ from polyllama import reference
 from polyllama.llama2c import load_llama2c
 from polyllama.model import Model
 
-from backends import check_out, kernel, poisoned, upload
+from backends import check_out, kernel, normed_reference, poisoned, upload
 from formats import write_v2
 from refmodel import (CONFIGS, canonical_weights, expected_group, fake_quant, hf_greedy,
                       hf_logits, int8_hf_model, make_hf_model)
@@ -68,19 +68,58 @@ def test_pack_requantizes_groups_that_straddle_rows():
         fake_quant(stored.dequantize()))
 
 
+def q8_kernel(backend, op):
+    if not get_registry().has_kernel(backend.backend_id, op, FMT):
+        pytest.skip(f"{backend.spec} has no {op} kernel for {FMT}")
+    return kernel(backend, op, FMT)
+
+
+def q8_weight(backend, rng, n, k, group=None):
+    """(Weight, the dense rows it stands for): random [n, k] weights packed to q8_0 on the
+    backend; with group, as a file quantized them in groups of that size (kept as stored)."""
+    w = rng.standard_normal((n, k)).astype(np.float32) / np.sqrt(k)
+    if group:
+        w = QuantizedArray(*reference.quantize_groups(w, group), group)
+    parts, meta = scheme().pack(w)
+    assert meta["group"] == (group or expected_group(k))
+    weight = Weight(FMT, (n, k), {name: backend.upload(a, a.dtype.name).native
+                                  for name, a in parts.items()}, meta)
+    return weight, reference.dequantize_groups(parts["q"], parts["s"].reshape(-1), meta["group"])
+
+
 @pytest.mark.parametrize("T", [1, 5])
 @pytest.mark.parametrize("n,k", [(45, 128), (33, 48), (3000, 96)])
 def test_linear_q8_0(backend, dtype, rng, T, n, k):
-    if not get_registry().has_kernel(backend.backend_id, "linear", FMT):
-        pytest.skip(f"{backend.spec} has no linear kernel for {FMT}")
-    parts, meta = scheme().pack(rng.standard_normal((n, k)).astype(np.float32))
-    w = Weight(FMT, (n, k), {name: backend.upload(a, a.dtype.name).native
-                             for name, a in parts.items()}, meta)
+    fn = q8_kernel(backend, "linear")
+    w, dense = q8_weight(backend, rng, n, k)
     x = upload(backend, rng.standard_normal((T, k)), dtype)
     out, whole = poisoned(backend, (T, n), dtype)
-    kernel(backend, "linear", FMT)(out.native, x.native, w)
-    dense = reference.dequantize_groups(parts["q"], parts["s"].reshape(-1), meta["group"])
+    fn(out.native, x.native, w)
     check_out(backend, out, whole, reference.linear(x.numpy(), dense), dtype, "linear q8_0")
+
+
+@pytest.mark.parametrize("op", ["linear_add", "rmsnorm_linear", "rmsnorm_swiglu"])
+@pytest.mark.parametrize("T", [1, 4])
+@pytest.mark.parametrize("n,k,group", [(45, 128, None), (19, 5632, None), (13, 4611, None),
+                                       (21, 96, 12)])
+def test_fused_linear_q8_0(backend, dtype, rng, op, T, n, k, group):
+    """The optional linear ops over q8_0 weights, where a backend registers them: one token
+    over rows a GEMV loads whole or walks in tiles, K a multiple of 16 or not, groups of
+    whole 16-value pieces or not (a file's 12); more tokens as prefill runs them."""
+    fn = q8_kernel(backend, op)
+    w, dense = q8_weight(backend, rng, 2 * n if op == "rmsnorm_swiglu" else n, k, group)
+    x = upload(backend, rng.standard_normal((T, k)) * 2, dtype)
+    out, whole = poisoned(backend, (T, n), dtype)
+    if op == "linear_add":
+        residual = upload(backend, rng.standard_normal((T, n)), dtype)
+        fn(out.native, x.native, w, residual.native)
+        want = reference.add(residual.numpy(), reference.linear(x.numpy(), dense))
+    else:
+        eps = 1e-5
+        norm = upload(backend, 1 + 0.3 * rng.standard_normal(k), dtype)
+        fn(out.native, x.native, norm.native, eps, w)
+        want = normed_reference(op, x.numpy(), norm.numpy(), eps, dense)
+    check_out(backend, out, whole, want, dtype, f"{op} q8_0")
 
 
 # ---------------------------------------------------------------- whole models

@@ -8,10 +8,12 @@ import importlib.util
 import sys
 
 from polyllama import hookimpl
+from polyllama.plugins.int8.pack import FMT as Q8_0
 
 PKG = "polyllama.plugins.cuda_cupy"
 OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add", "argmax",
        "linear_add", "rmsnorm_linear", "rmsnorm_swiglu", "rope_attention", "advance")
+Q8_0_OPS = ("linear", "linear_add", "rmsnorm_linear", "rmsnorm_swiglu")     # --quant int8
 FIX = "pip install 'polyllama[cuda-cupy]' (cupy-cuda12x; cupy-cuda13x for CUDA 13 drivers)"
 
 
@@ -45,3 +47,5 @@ def register_backends(register):
 def register_kernels(register):
     for op in OPS:
         register("cuda_cupy", op, f"{PKG}.kernels:{op}")
+    for op in Q8_0_OPS:
+        register("cuda_cupy", op, f"{PKG}.kernels:{op}", fmt=Q8_0)

@@ -1,5 +1,6 @@
 // One token's linear (compiled by NVRTC after common.cuh; kernels.py names the instance it
-// needs, e.g. gemv<__nv_bfloat16, true, false, 2, 2, true, false>):
+// needs, e.g. gemv<__nv_bfloat16, true, false, 2, 2, true, false>; gemv_q8, at the end, for
+// q8_0 weights):
 //   out[n] = sum_k W[n, k] x[k] (+ residual[n])
 // NORM: x is RMS-normed with weight g first (its scale applied to the row sums). SWIGLU: W
 // holds 2N rows, gate then up, and out = silu(gate) * up.
@@ -72,6 +73,41 @@ __device__ __forceinline__ void sum_tile(float (&acc)[WR], float& ss, const uint
     }
 }
 
+// The block's row sums to outputs: over each warp by shuffles, then over the warps in shared
+// memory; then the RMSNorm scale, the SwiGLU and the residual add. acc holds a thread's
+// part of each weight row's sum (SWIGLU: ROWS gate rows, then their up rows), ss its part
+// of x's squares.
+template <typename T, bool NORM, bool SWIGLU, int ROWS, int WR>
+__device__ __forceinline__ void finish(const float (&acc)[WR], float ss, T* out,
+                                       const T* residual, int row0, int N, int K, float eps) {
+    constexpr int SUMS = WR + 1;                       // every row, then x's squares
+    __shared__ float warp_sums[32][SUMS];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+#pragma unroll
+    for (int j = 0; j < SUMS; ++j) {
+        float s = j < WR ? acc[j] : ss;
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+        if (lane == 0) warp_sums[warp][j] = s;
+    }
+    __syncthreads();
+    int r = threadIdx.x;
+    if (r >= ROWS || row0 + r >= N) return;
+    float y = 0.0f, u = 0.0f, sq = 0.0f;
+    for (int i = 0; i < warps; ++i) {
+        y += warp_sums[i][r];
+        if (SWIGLU) u += warp_sums[i][r + ROWS];
+        if (NORM) sq += warp_sums[i][WR];
+    }
+    if (NORM) {
+        float inv = rsqrtf(sq / K + eps);
+        y *= inv;
+        u *= inv;
+    }
+    if (SWIGLU) y = y / (1.0f + expf(-y)) * u;
+    if (residual) y += to_f(residual[row0 + r]);
+    out[row0 + r] = from_f<T>(y);
+}
+
 template <typename T, bool NORM, bool SWIGLU, int ROWS, int VECS, bool VEC, bool TILED>
 __global__ void gemv(T* out, const T* x, const T* g, const T* w, const T* residual, int N,
                      int K, long long s_w, float eps) {
@@ -104,31 +140,106 @@ __global__ void gemv(T* out, const T* x, const T* g, const T* w, const T* residu
     } else {
         sum_tile<T, NORM, WR, VECS, VEC>(acc, ss, cur, x, g, 0, K);
     }
-    // The block's sums: over each warp by shuffles, then over the warps in shared memory.
-    constexpr int SUMS = WR + 1;                       // every row, then x's squares
-    __shared__ float warp_sums[32][SUMS];
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    finish<T, NORM, SWIGLU, ROWS>(acc, ss, out, residual, row0, N, K, eps);
+}
+
+// One token's linear over q8_0 weights (plugins/int8/pack.py): int8 rows q[N, K] and one
+// float32 scale per `group` values of a row, s[N, K / group]. A thread takes a piece of 16
+// values of each of the block's weight rows a tile (one 16-byte load where VEC: K and the
+// row stride multiples of 16, pointers 16-byte aligned), so a tile is blockDim.x * 16
+// columns; the first tile loads before pdl_start, each next one while the current is
+// summed. GROUP16: the group is a multiple of 16, so a piece has one scale, loaded with it
+// and applied to the piece's sum; other groups (from files) scale value by value.
+struct Q8 { static constexpr int PIECE = 16; };      // int8 values in 16 bytes
+
+template <bool VEC>
+__device__ __forceinline__ uint4 load_q8_piece(const signed char* row, int c, int K) {
+    if (VEC) return __ldcs(reinterpret_cast<const uint4*>(row + min(c, K - Q8::PIECE)));
+    uint4 r;
+    signed char* e = reinterpret_cast<signed char*>(&r);
 #pragma unroll
-    for (int j = 0; j < SUMS; ++j) {
-        float s = j < WR ? acc[j] : ss;
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
-        if (lane == 0) warp_sums[warp][j] = s;
+    for (int i = 0; i < Q8::PIECE; ++i) e[i] = __ldcs(row + min(c + i, K - 1));
+    return r;
+}
+
+template <int WR, bool VEC, bool GROUP16>
+__device__ __forceinline__ void load_q8_tile(uint4 (&q)[WR], float (&sc)[WR],
+                                             const signed char* (&qrows)[WR],
+                                             const float* (&srows)[WR], int c, int K,
+                                             int group) {
+#pragma unroll
+    for (int r = 0; r < WR; ++r) {
+        q[r] = load_q8_piece<VEC>(qrows[r], c, K);
+        if (GROUP16) sc[r] = __ldcs(srows[r] + min(c, K - 1) / group);
     }
-    __syncthreads();
-    int r = threadIdx.x;
-    if (r >= ROWS || row0 + r >= N) return;
-    float y = 0.0f, u = 0.0f, sq = 0.0f;
-    for (int i = 0; i < warps; ++i) {
-        y += warp_sums[i][r];
-        if (SWIGLU) u += warp_sums[i][r + ROWS];
-        if (NORM) sq += warp_sums[i][WR];
+}
+
+template <typename T, bool NORM, bool SWIGLU, int ROWS, bool VEC, bool GROUP16>
+__global__ void gemv_q8(T* out, const T* x, const T* g, const signed char* q, const float* s,
+                        const T* residual, int N, int K, long long s_q, long long s_s,
+                        int group, float eps) {
+    constexpr int WR = SWIGLU ? 2 * ROWS : ROWS;       // weight rows a block reads
+    constexpr int PER = Piece<T>::PER;                 // x values in 16 bytes
+    int row0 = blockIdx.x * ROWS;
+    const signed char* qrows[WR];
+    const float* srows[WR];
+#pragma unroll
+    for (int r = 0; r < WR; ++r) {                     // rows past N: a valid row, unused
+        long long row = (long long)min(row0 + r % ROWS, N - 1) + (r >= ROWS ? N : 0);
+        qrows[r] = q + row * s_q;
+        srows[r] = s + row * s_s;
     }
-    if (NORM) {
-        float inv = rsqrtf(sq / K + eps);
-        y *= inv;
-        u *= inv;
+    const int tile = blockDim.x * Q8::PIECE;
+    const int mine = threadIdx.x * Q8::PIECE;          // the thread's piece within a tile
+    uint4 cur[WR], next[WR];
+    float sc[WR], sc_next[WR];
+    load_q8_tile<WR, VEC, GROUP16>(cur, sc, qrows, srows, mine, K, group);
+    pdl_start();
+    float acc[WR], ss = 0.0f;
+#pragma unroll
+    for (int r = 0; r < WR; ++r) acc[r] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += tile) {
+        int c = k0 + mine;
+        bool more = k0 + tile < K;
+        if (more) load_q8_tile<WR, VEC, GROUP16>(next, sc_next, qrows, srows, c + tile, K, group);
+        float xe[Q8::PIECE];
+#pragma unroll
+        for (int h = 0; h < Q8::PIECE; h += PER) {
+            uint4 xr = load_piece<T, VEC, false>(x, c + h, K), gr;
+            if (NORM) gr = load_piece<T, VEC, false>(g, c + h, K);
+            const T* xp = reinterpret_cast<const T*>(&xr);
+            const T* gp = reinterpret_cast<const T*>(&gr);
+#pragma unroll
+            for (int e = 0; e < PER; ++e) {
+                float v = c + h + e < K ? to_f(xp[e]) : 0.0f;
+                if (NORM) {
+                    ss += v * v;
+                    v *= to_f(gp[e]);
+                }
+                xe[h + e] = v;
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < WR; ++r) {
+            const signed char* qv = reinterpret_cast<const signed char*>(&cur[r]);
+            if (GROUP16) {
+                float d = 0.0f;
+#pragma unroll
+                for (int e = 0; e < Q8::PIECE; ++e) d += qv[e] * xe[e];
+                acc[r] += sc[r] * d;
+            } else {
+#pragma unroll
+                for (int e = 0; e < Q8::PIECE; ++e)
+                    acc[r] += qv[e] * xe[e] * srows[r][min(c + e, K - 1) / group];
+            }
+        }
+        if (more) {
+#pragma unroll
+            for (int r = 0; r < WR; ++r) {
+                cur[r] = next[r];
+                sc[r] = sc_next[r];
+            }
+        }
     }
-    if (SWIGLU) y = y / (1.0f + expf(-y)) * u;
-    if (residual) y += to_f(residual[row0 + r]);
-    out[row0 + r] = from_f<T>(y);
+    finish<T, NORM, SWIGLU, ROWS>(acc, ss, out, residual, row0, N, K, eps);
 }

@@ -85,6 +85,17 @@ __device__ void add(T* out, const T* a, const T* b, int N, long long s_out, long
     if (c < N) out[t * s_out + c] = from_f<T>(to_f(a[t * s_a + c]) + to_f(b[t * s_b + c]));
 }
 
+// q8_0 weights (plugins/int8/pack.py) as dense rows, for prefill's GEMM:
+// out[n, k] = q[n, k] * s[n, k / group]. grid (N, column blocks)
+template <typename T>
+__device__ void dequantize_q8(T* out, const signed char* q, const float* s, int K, int group,
+                              long long s_out, long long s_q, long long s_s) {
+    pdl_start();                          // the GEMM of a matrix before may still read out
+    long long n = blockIdx.x;
+    int k = blockIdx.y * blockDim.x + threadIdx.x;
+    if (k < K) out[n * s_out + k] = from_f<T>(q[n * s_q + k] * s[n * s_s + k / group]);
+}
+
 // Whether (v, i) comes before (bv, bi) in numpy.argmax's order: NaN first, then larger
 // values, ties to the smaller index; index V stands for "nothing yet".
 __device__ __forceinline__ bool beats(float v, int i, float bv, int bi, int V) {
@@ -524,6 +535,9 @@ extern "C" __global__ void attention_prefill_##SUF(T* o, const T* q, const T* kc
     const T* vc, const int* pos, int H, int KV, int hd, float scale, long long sqt,          \
     long long sqh, long long sot, long long soh, long long sc) {                             \
     attention_prefill<T>(o, q, kc, vc, pos, H, KV, hd, scale, sqt, sqh, sot, soh, sc); }     \
+extern "C" __global__ void dequantize_q8_##SUF(T* o, const signed char* q, const float* s,   \
+    int K, int group, long long so, long long sq, long long ss) {                            \
+    dequantize_q8<T>(o, q, s, K, group, so, sq, ss); }                                       \
 DECODE(T, SUF, 1) DECODE(T, SUF, 2) DECODE(T, SUF, 4)
 
 FOR_TYPE(float, f32)

@@ -6,7 +6,8 @@ workspaces allocated once per shape and kept (the first, eager run of a step mak
 While a step is being recorded, kernels launch with programmatic dependent launch where the
 GPU has it (launch.py), so each one loads its weights while the one before drains.
 One token's linear is a GEMV (gemv.cu; RMSNorm, SwiGLU and the residual add fused); more
-tokens go through cuBLAS (gemmEx, float32 accumulation).
+tokens go through cuBLAS (gemmEx, float32 accumulation). q8_0 weights (`--quant int8`) have
+a GEMV of their own (gemv_q8) and, for more tokens, are dequantized for the same GEMM.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 from cupy_backends.cuda.libs import cublas
 
 from polyllama.errors import DeviceError
+from polyllama.plugins.int8.pack import FMT as Q8_0
 
 from .device import BF16
 from .launch import launch_pdl
@@ -44,6 +46,7 @@ LIMITS = {                  # the kernels' sizes, given to NVRTC as -D options
 OPTIONS = ("--std=c++17",) + tuple(f"-D{k}={v}" for k, v in LIMITS.items())
 _ONE = np.ones(1, np.float32)
 _ZERO = np.zeros(1, np.float32)
+_NULL = np.uint64(0)                                # a null pointer argument
 _workspaces: dict = {}      # per (device, shape, dtype, use); never freed: graphs hold them
 
 
@@ -154,7 +157,8 @@ def advance(pos, ids, picked):
 
 def _workspace(like, shape, dtype, use, zeroed=False):
     """A buffer allocated once per (device, shape, dtype, use): the split partials and
-    arrival counters of attention and argmax, a prefill's normed input or w1|w3 output."""
+    arrival counters of attention and argmax, a prefill's normed input, w1|w3 output or
+    dequantized weight."""
     key = (like.device.id, tuple(shape), np.dtype(dtype), use)
     if key not in _workspaces:
         with like.device:
@@ -237,17 +241,19 @@ def _attention_decode(out, q, k, v, k_cache, v_cache, pos, cos, sin, s_tab, scal
 
 
 def _vectorizable(x, w, g=None):
-    """Whether the GEMV may read w's rows, x (and g) in 16-byte pieces."""
+    """Whether the GEMV may read w's rows, x (and g) in 16-byte pieces (of 16 values for
+    int8 rows)."""
     per = 16 // w.itemsize
     aligned = all(a.data.ptr % 16 == 0 for a in (x, w) + ((g,) if g is not None else ()))
     return w.shape[1] % per == 0 and _stride(w, 0) % per == 0 and aligned
 
 
-def _check(x, W):
-    if W.dtype != x.dtype or _stride(W, 1) != 1 or _stride(x, 1) != 1:
+def _check(x, W, dtype=None):
+    """W row-major in dtype (the input's unless given), x with unit stride along K."""
+    if W.dtype != (dtype or x.dtype) or _stride(W, 1) != 1 or _stride(x, 1) != 1:
         raise ValueError(f"cuda:cupy linear needs a row-major weight of the input's dtype "
-                         f"and an input with unit stride along K (weight {W.dtype}, strides "
-                         f"{W.strides}; input {x.dtype}, strides {x.strides})")
+                         f"(int8 for q8_0) and an input with unit stride along K (weight "
+                         f"{W.dtype}, strides {W.strides}; input {x.dtype}, strides {x.strides})")
 
 
 def _gemv_config(N, K, swiglu, itemsize):
@@ -264,27 +270,62 @@ def _gemv_config(N, K, swiglu, itemsize):
     return 2 * threads, (4 if N <= 2048 else 2) // held, 1, True
 
 
-def _gemv(out, x, W, N, residual=None, g=None, eps=0.0, swiglu=False):
+def _gemv(out, x, w, N, residual=None, g=None, eps=0.0, swiglu=False):
     """One token: out[0, :N] (see gemv.cu for what NORM and SWIGLU fuse)."""
+    if w.fmt == Q8_0:
+        _gemv_q8(out, x, w, N, residual, g, eps, swiglu)
+        return
+    W = w.parts["w"]
     K = x.shape[1]
     _check(x, W)
     threads, rows, vecs, tiled = _gemv_config(N, K, swiglu, W.itemsize)
     flags = (g is not None, swiglu, rows, vecs, _vectorizable(x, W, g), tiled)
-    instance = (f"gemv<{CUDA_NAME[SUFFIX[W.dtype]]}, "
+    _call_gemv("gemv", flags, x, W, (-(-N // rows),), threads,
+               (out, x, _NULL if g is None else g, W, _NULL if residual is None else residual,
+                _i(N), _i(K), _l(_stride(W, 0)), np.float32(eps)))
+
+
+def _gemv_q8(out, x, w, N, residual, g, eps, swiglu):
+    """One token over q8_0 weights: gemv_q8 (gemv.cu), 4 weight rows to a block of
+    GEMV_THREADS threads."""
+    Q, S, group = w.parts["q"], w.parts["s"], w.meta["group"]
+    K = x.shape[1]
+    _check(x, Q, np.dtype(np.int8))
+    rows = 2 if swiglu else 4
+    flags = (g is not None, swiglu, rows, _vectorizable(x, Q, g), group % 16 == 0)
+    _call_gemv("gemv_q8", flags, x, Q, (-(-N // rows),), GEMV_THREADS,
+               (out, x, _NULL if g is None else g, Q, S, _NULL if residual is None else residual,
+                _i(N), _i(K), _l(_stride(Q, 0)), _l(_stride(S, 0)), _i(group), np.float32(eps)))
+
+
+def _call_gemv(template, flags, x, W, grid, threads, args):
+    """The instance of a gemv.cu template for x's storage type and these flags."""
+    instance = (f"{template}<{CUDA_NAME[SUFFIX[x.dtype]]}, "
                 + ", ".join(str(f).lower() for f in flags) + ">")
     device_id = W.device.id
-    null = np.uint64(0)
-    _call(_gemv_function(device_id, instance), device_id, (-(-N // rows),), threads,
-          (out, x, null if g is None else g, W, null if residual is None else residual,
-           _i(N), _i(K), _l(_stride(W, 0)), np.float32(eps)))
+    _call(_gemv_function(device_id, instance), device_id, grid, threads, args)
 
 
-def _run(out, x, W, residual=None):
+def _dense(w, like):
+    """w's rows in like's dtype: dense weights as they are; q8_0 ones dequantized into a
+    workspace (one per shape, kept), for prefill's GEMM."""
+    if w.fmt != Q8_0:
+        return w.parts["w"]
+    Q, S = w.parts["q"], w.parts["s"]
+    N, K = Q.shape
+    W = _workspace(like, (N, K), like.dtype, "dequantized")
+    _launch("dequantize_q8", W, (N, -(-K // BLOCK)), BLOCK, W, Q, S, _i(K),
+            _i(w.meta["group"]), _l(_stride(W, 0)), _l(_stride(Q, 0)), _l(_stride(S, 0)))
+    return W
+
+
+def _run(out, x, w, residual=None):
     T, K = x.shape
-    N = W.shape[0]
     if T == 1:
-        _gemv(out, x, W, N, residual)
+        _gemv(out, x, w, w.shape[0], residual)
         return
+    W = _dense(w, x)
+    N = W.shape[0]
     _check(x, W)
     if residual is not None and residual.data.ptr != out.data.ptr:
         out[...] = residual
@@ -298,31 +339,29 @@ def _run(out, x, W, residual=None):
 
 
 def linear(out, x, w):
-    _run(out, x, w.parts["w"])
+    _run(out, x, w)
 
 
 def linear_add(out, x, w, residual):
-    _run(out, x, w.parts["w"], residual)
+    _run(out, x, w, residual)
 
 
 def rmsnorm_linear(out, x, weight, eps, w):
-    W = w.parts["w"]
     if x.shape[0] == 1:
-        _gemv(out, x, W, W.shape[0], g=weight, eps=eps)
+        _gemv(out, x, w, w.shape[0], g=weight, eps=eps)
         return
     h = _workspace(x, x.shape, x.dtype, "normed")
     rmsnorm(h, x, weight, eps)
-    _run(out, h, W)
+    _run(out, h, w)
 
 
 def rmsnorm_swiglu(out, x, weight, eps, w):
-    W = w.parts["w"]
     T, F = out.shape
     if T == 1:
-        _gemv(out, x, W, F, g=weight, eps=eps, swiglu=True)
+        _gemv(out, x, w, F, g=weight, eps=eps, swiglu=True)
         return
     h = _workspace(x, x.shape, x.dtype, "normed")
     gu = _workspace(x, (T, 2 * F), x.dtype, "gate|up")
     rmsnorm(h, x, weight, eps)
-    _run(gu, h, W)
+    _run(gu, h, w)
     silu_mul(out, gu[:, :F], gu[:, F:])
