@@ -285,15 +285,19 @@ def _gemv(out, x, w, N, residual=None, g=None, eps=0.0, swiglu=False):
                 _i(N), _i(K), _l(_stride(W, 0)), np.float32(eps)))
 
 
+def _gemv_q8_config(N, K, swiglu):
+    """(threads, ROWS, PIECES) of gemv_q8 for an output of N rows over K columns."""
+    return GEMV_THREADS, 2 if swiglu else 4, 1
+
+
 def _gemv_q8(out, x, w, N, residual, g, eps, swiglu):
-    """One token over q8_0 weights: gemv_q8 (gemv.cu), 4 weight rows to a block of
-    GEMV_THREADS threads."""
+    """One token over q8_0 weights: gemv_q8 (gemv.cu)."""
     Q, S, group = w.parts["q"], w.parts["s"], w.meta["group"]
     K = x.shape[1]
     _check(x, Q, np.dtype(np.int8))
-    rows = 2 if swiglu else 4
-    flags = (g is not None, swiglu, rows, _vectorizable(x, Q, g), group % 16 == 0)
-    _call_gemv("gemv_q8", flags, x, Q, (-(-N // rows),), GEMV_THREADS,
+    threads, rows, pieces = _gemv_q8_config(N, K, swiglu)
+    flags = (g is not None, swiglu, rows, pieces, _vectorizable(x, Q, g), group % 16 == 0)
+    _call_gemv("gemv_q8", flags, x, Q, (-(-N // rows),), threads,
                (out, x, _NULL if g is None else g, Q, S, _NULL if residual is None else residual,
                 _i(N), _i(K), _l(_stride(Q, 0)), _l(_stride(S, 0)), _i(group), np.float32(eps)))
 
