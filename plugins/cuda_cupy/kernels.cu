@@ -86,14 +86,35 @@ __device__ void add(T* out, const T* a, const T* b, int N, long long s_out, long
 }
 
 // q8_0 weights (plugins/int8/pack.py) as dense rows, for prefill's GEMM:
-// out[n, k] = q[n, k] * s[n, k / group]. grid (N, column blocks)
+// out[n, k] = q[n, k] * s[n, k / group]. grid (N, column blocks): a thread takes 16
+// consecutive values. Where vec (K and both row strides multiples of 16, both pointers
+// 16-byte aligned), it loads them in one 16-byte piece and stores them in whole 16-byte
+// pieces; with a group of whole 16s they share one scale.
 template <typename T>
 __device__ void dequantize_q8(T* out, const signed char* q, const float* s, int K, int group,
-                              long long s_out, long long s_q, long long s_s) {
+                              int vec, long long s_out, long long s_q, long long s_s) {
     pdl_start();                          // the GEMM of a matrix before may still read out
     long long n = blockIdx.x;
-    int k = blockIdx.y * blockDim.x + threadIdx.x;
-    if (k < K) out[n * s_out + k] = from_f<T>(q[n * s_q + k] * s[n * s_s + k / group]);
+    int k0 = (blockIdx.y * blockDim.x + threadIdx.x) * 16;
+    if (k0 >= K) return;
+    const signed char* row = q + n * s_q;
+    const float* scales = s + n * s_s;
+    T* dst = out + n * s_out + k0;
+    if (vec) {
+        uint4 piece = *reinterpret_cast<const uint4*>(row + k0);
+        const signed char* v = reinterpret_cast<const signed char*>(&piece);
+        union { T values[16]; uint4 pieces[16 * sizeof(T) / 16]; } w;
+        float scale = scales[k0 / group];
+#pragma unroll
+        for (int i = 0; i < 16; ++i)
+            w.values[i] = from_f<T>(v[i] * (group % 16 == 0 ? scale : scales[(k0 + i) / group]));
+#pragma unroll
+        for (int p = 0; p < 16 * (int)sizeof(T) / 16; ++p)
+            reinterpret_cast<uint4*>(dst)[p] = w.pieces[p];
+        return;
+    }
+    for (int i = 0; i < 16 && k0 + i < K; ++i)
+        dst[i] = from_f<T>(row[k0 + i] * scales[(k0 + i) / group]);
 }
 
 // Whether (v, i) comes before (bv, bi) in numpy.argmax's order: NaN first, then larger
@@ -536,8 +557,8 @@ extern "C" __global__ void attention_prefill_##SUF(T* o, const T* q, const T* kc
     long long sqh, long long sot, long long soh, long long sc) {                             \
     attention_prefill<T>(o, q, kc, vc, pos, H, KV, hd, scale, sqt, sqh, sot, soh, sc); }     \
 extern "C" __global__ void dequantize_q8_##SUF(T* o, const signed char* q, const float* s,   \
-    int K, int group, long long so, long long sq, long long ss) {                            \
-    dequantize_q8<T>(o, q, s, K, group, so, sq, ss); }                                       \
+    int K, int group, int vec, long long so, long long sq, long long ss) {                   \
+    dequantize_q8<T>(o, q, s, K, group, vec, so, sq, ss); }                                  \
 DECODE(T, SUF, 1) DECODE(T, SUF, 2) DECODE(T, SUF, 4)
 
 FOR_TYPE(float, f32)

@@ -322,8 +322,11 @@ def _dense(w, like):
     Q, S = w.parts["q"], w.parts["s"]
     N, K = Q.shape
     W = _workspace(like, (N, K), like.dtype, "dequantized")
-    _launch("dequantize_q8", W, (N, -(-K // BLOCK)), BLOCK, W, Q, S, _i(K),
-            _i(w.meta["group"]), _l(_stride(W, 0)), _l(_stride(Q, 0)), _l(_stride(S, 0)))
+    vec = (K % 16 == 0 and _stride(Q, 0) % 16 == 0 and _stride(W, 0) % 16 == 0
+           and Q.data.ptr % 16 == 0 and W.data.ptr % 16 == 0)
+    _launch("dequantize_q8", W, (N, -(-K // (16 * BLOCK))), BLOCK, W, Q, S, _i(K),
+            _i(w.meta["group"]), _i(vec), _l(_stride(W, 0)), _l(_stride(Q, 0)),
+            _l(_stride(S, 0)))
     return W
 
 
