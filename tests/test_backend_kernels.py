@@ -403,3 +403,30 @@ def test_sample(backend, dtype, rng, case):
         fn(out.native, logits.native, dev_params.native, u_dev.native)
         want = np.array([reference.sample(used, *params, u)], dtype=np.int32)
         check_out(backend, out, whole, want, "int32", f"sample {case} u={u}")
+
+
+LARGE_SAMPLING = dict(SAMPLING, **{"top-k 2000": (1.0, 2000, 0.85, 0.0)})
+
+
+@pytest.mark.parametrize("case", sorted(LARGE_SAMPLING))
+def test_sample_large_vocabulary(backend, dtype, rng, case):
+    """5,000 tokens, flat enough that top-p cuts hundreds deep: more than a GPU sampler can
+    sort at once (cuda:cupy sorts up to 1,024 in one block, cuda:triton hands chunks of
+    4,096 to a merge), so the whole-vocabulary searches run. Ties of the dtype's rounding go
+    by token id, as in the reference."""
+    fn = optional_kernel(backend, "sample")
+    params = LARGE_SAMPLING[case]
+    V = 5000
+    logits = upload(backend, -0.004 * rng.permutation(V)[None, :], dtype)
+    used = logits.numpy()[0]
+    assert_cut_offs_unambiguous(used, params)
+    dev_params = backend.upload(np.array(params, dtype=np.float32), "float32")
+    u_dev = backend.upload(np.zeros(1, dtype=np.float32), "float32")
+    out, whole = poisoned(backend, (1,), "int32")
+    draws = unambiguous_draws(rng, used, params)
+    draws = [draws[i] for i in sorted(rng.choice(len(draws), min(len(draws), 48), replace=False))]
+    for u in draws:
+        backend.allocator.copyin(u_dev, np.array([u], dtype=np.float32))
+        fn(out.native, logits.native, dev_params.native, u_dev.native)
+        want = np.array([reference.sample(used, *params, u)], dtype=np.int32)
+        check_out(backend, out, whole, want, "int32", f"sample {case} u={u}")

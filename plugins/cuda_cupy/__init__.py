@@ -12,7 +12,7 @@ from polyllama.plugins.int8.pack import FMT as Q8_0
 
 PKG = "polyllama.plugins.cuda_cupy"
 OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add", "argmax",
-       "linear_add", "rmsnorm_linear", "rmsnorm_swiglu", "rope_attention", "advance")
+       "linear_add", "rmsnorm_linear", "rmsnorm_swiglu", "rope_attention", "sample", "advance")
 Q8_0_OPS = ("linear", "linear_add", "rmsnorm_linear", "rmsnorm_swiglu")     # --quant int8
 FIX = "pip install 'polyllama[cuda-cupy]' (cupy-cuda12x; cupy-cuda13x for CUDA 13 drivers)"
 

@@ -194,6 +194,213 @@ __device__ void argmax(int* out, float* part_v, int* part_i, int* counters, cons
     }
 }
 
+// ---------------------------------------------------------------- sampling
+// sample (core/reference.py's sample, exactly) in one block of SAMPLE_THREADS threads.
+// Tokens are ranked by a distinct 64-bit order key, smaller first: the logit descending, then
+// the token id ascending (the reference's stable sort). Every rule keeps a prefix of that
+// order, so each cut is a key: the smallest key whose count, or weight, of keys up to it
+// reaches a target, found a radix digit (8 bits) a pass over the vocabulary. Weights are
+// exp((logit - max) / temperature) in float32; only a draw within float32 rounding of the
+// boundary between two tokens can land on the neighbour of the reference's.
+// With top-k up to SAMPLE_THREADS (the usual case), one search finds the top-k's last key;
+// its keys are then gathered and sorted in shared memory and the rest runs on them.
+#define KEY_MAX 0xffffffffffffffffULL
+
+__device__ __forceinline__ unsigned long long order_key(float logit, int id) {
+    unsigned b = __float_as_uint(logit == 0.0f ? 0.0f : logit);      // -0 ties +0, as in numpy
+    unsigned ascending = (b & 0x80000000u) ? ~b : (b | 0x80000000u);   // larger float, larger
+    return ((unsigned long long)~ascending << 32) | (unsigned)id;
+}
+
+struct Sampling {               // what every thread needs to see every logit as a key
+    float max, inv_t;
+    int V;
+};
+
+template <typename T>
+__device__ __forceinline__ float weight_of(const T* logits, int id, const Sampling& s) {
+    return expf((to_f(logits[id]) - s.max) * s.inv_t);
+}
+
+// The smallest key up to limit whose count (MASS: weight) of keys up to it is >= target
+// (STRICT: > target); KEY_MAX if there is none.
+template <typename T, bool MASS, bool STRICT>
+__device__ unsigned long long key_search(const T* logits, const Sampling& s,
+                                         unsigned long long limit, float target) {
+    __shared__ unsigned counts[256];
+    __shared__ float masses[256];
+    __shared__ unsigned long long prefix_s;
+    __shared__ float below_s;
+    unsigned long long prefix = 0;
+    float below = 0.0f;
+    int lane = threadIdx.x % 32;
+    for (int shift = 56; shift >= 0; shift -= 8) {
+        unsigned long long settled = shift == 56 ? 0ULL : KEY_MAX << (shift + 8);
+        for (int d = threadIdx.x; d < 256; d += blockDim.x) {
+            counts[d] = 0;
+            masses[d] = 0.0f;
+        }
+        __syncthreads();
+        for (int base = 0; base < s.V; base += blockDim.x) {        // every lane, every round
+            int id = base + threadIdx.x;
+            unsigned long long key = id < s.V ? order_key(to_f(logits[id]), id) : KEY_MAX;
+            bool take = id < s.V && key <= limit && (key & settled) == prefix;
+            int digit = take ? (int)((key >> shift) & 255) : 256;
+            if (MASS) {
+                if (take) atomicAdd(&masses[digit], weight_of(logits, id, s));
+            } else {
+                unsigned same = __match_any_sync(0xffffffffu, digit);
+                if (take && lane == __ffs(same) - 1) atomicAdd(&counts[digit], __popc(same));
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int d = 0;
+            for (; d < 256; ++d) {
+                float v = MASS ? masses[d] : (float)counts[d];
+                if (STRICT ? below + v > target : below + v >= target) break;
+                below += v;
+            }
+            prefix_s = d == 256 ? KEY_MAX : prefix | ((unsigned long long)d << shift);
+            below_s = below;
+        }
+        __syncthreads();
+        prefix = prefix_s;
+        below = below_s;
+        __syncthreads();                  // every thread has them before the next pass
+        if (prefix == KEY_MAX) return KEY_MAX;
+    }
+    return prefix;
+}
+
+// The block's minimum of v (every thread gets it).
+__device__ unsigned long long block_min(unsigned long long v) {
+    __shared__ unsigned long long warp_min[32];
+    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    __syncthreads();
+    if (lane == 0) warp_min[warp] = v;
+    __syncthreads();
+    v = lane < warps ? warp_min[lane] : KEY_MAX;
+    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Over the keys up to limit: the total weight, and the largest key whose weight is >= floor
+// (KEY_MAX for none). Weights fall along the order, so those keys are a prefix.
+template <typename T>
+__device__ void prefix_stats(const T* logits, const Sampling& s, unsigned long long limit,
+                             float floor, float& total, unsigned long long& last_heavy) {
+    float sum = 0.0f;
+    unsigned long long heavy = 0;                      // 0: no key (keys are never 0 here)
+    for (int id = threadIdx.x; id < s.V; id += blockDim.x) {
+        unsigned long long key = order_key(to_f(logits[id]), id);
+        if (key > limit) continue;
+        float w = weight_of(logits, id, s);
+        sum += w;
+        if (w >= floor) heavy = max(heavy, key);
+    }
+    total = block_sum(sum);
+    heavy = ~block_min(~heavy);                        // the block's maximum
+    last_heavy = heavy == 0 ? KEY_MAX : heavy;
+}
+
+// The top-k (k up to SAMPLE_THREADS, its last key `last`) gathered and sorted ascending.
+template <typename T>
+__device__ int gather_sorted(const T* logits, const Sampling& s, unsigned long long last,
+                             unsigned long long* keys) {
+    __shared__ int n;
+    if (threadIdx.x == 0) n = 0;
+    for (int i = threadIdx.x; i < SAMPLE_THREADS; i += blockDim.x) keys[i] = KEY_MAX;
+    __syncthreads();
+    for (int id = threadIdx.x; id < s.V; id += blockDim.x) {
+        unsigned long long key = order_key(to_f(logits[id]), id);
+        if (key <= last) keys[atomicAdd(&n, 1)] = key;
+    }
+    __syncthreads();
+    for (int size = 2; size <= SAMPLE_THREADS; size <<= 1)          // bitonic sort
+        for (int stride = size / 2; stride > 0; stride >>= 1) {
+            for (int i = threadIdx.x; i < SAMPLE_THREADS; i += blockDim.x) {
+                int j = i ^ stride;
+                if (j > i) {
+                    bool up = (i & size) == 0;
+                    if ((keys[i] > keys[j]) == up) {
+                        unsigned long long k = keys[i];
+                        keys[i] = keys[j];
+                        keys[j] = k;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    return n;
+}
+
+// params = (temperature, top_k, top_p, min_p); u ~ U[0, 1).
+template <typename T>
+__device__ void sample(int* out, const T* logits, const float* params, const float* u, int V) {
+    __shared__ unsigned long long sorted[SAMPLE_THREADS];
+    pdl_start();
+    float temperature = params[0], top_p = params[2], min_p = params[3];
+    int top_k = (int)params[1];
+    unsigned long long first = KEY_MAX;
+    for (int id = threadIdx.x; id < V; id += blockDim.x)
+        first = min(first, order_key(to_f(logits[id]), id));
+    first = block_min(first);
+    int best = (int)(first & 0xffffffffu);
+    if (temperature <= 0.0f) {
+        if (threadIdx.x == 0) *out = best;
+        return;
+    }
+    Sampling s{to_f(logits[best]), 1.0f / temperature, V};
+    int keep = top_k > 0 ? min(top_k, V) : V;
+    unsigned long long limit = keep < V ? key_search<T, false, false>(logits, s, KEY_MAX, keep)
+                                        : KEY_MAX;
+    if (keep <= SAMPLE_THREADS) {         // the rest on the sorted top-k, by one thread
+        int n = gather_sorted(logits, s, limit, sorted);
+        if (threadIdx.x != 0) return;
+        float w0 = weight_of(logits, best, s), total = 0.0f;
+        for (int j = 0; j < n; ++j) total += weight_of(logits, (int)(sorted[j] & 0xffffffffu), s);
+        if (top_p < 1.0f) {
+            float cum = 0.0f;
+            for (int j = 0; j < n; ++j) {
+                cum += weight_of(logits, (int)(sorted[j] & 0xffffffffu), s);
+                if (cum >= top_p * total) { n = j + 1; break; }
+            }
+        }
+        if (min_p > 0.0f) {
+            int c = 0;
+            while (c < n && weight_of(logits, (int)(sorted[c] & 0xffffffffu), s) >= min_p * w0)
+                ++c;
+            n = max(1, c);
+        }
+        total = 0.0f;
+        for (int j = 0; j < n; ++j) total += weight_of(logits, (int)(sorted[j] & 0xffffffffu), s);
+        float target = u[0] * total, cum = 0.0f;
+        int pick = n - 1;
+        for (int j = 0; j < n; ++j) {
+            cum += weight_of(logits, (int)(sorted[j] & 0xffffffffu), s);
+            if (cum > target) { pick = j; break; }
+        }
+        *out = (int)(sorted[pick] & 0xffffffffu);
+        return;
+    }
+    float total;
+    unsigned long long heavy;
+    if (top_p < 1.0f) {
+        prefix_stats(logits, s, limit, 0.0f, total, heavy);
+        unsigned long long cut = key_search<T, true, false>(logits, s, limit, top_p * total);
+        limit = min(limit, cut);
+    }
+    prefix_stats(logits, s, limit, min_p * weight_of(logits, best, s), total, heavy);
+    if (min_p > 0.0f) {
+        limit = heavy == KEY_MAX ? first : min(limit, heavy);
+        prefix_stats(logits, s, limit, 0.0f, total, heavy);
+    }
+    unsigned long long drawn = key_search<T, true, true>(logits, s, limit, u[0] * total);
+    if (threadIdx.x == 0) *out = (int)(min(drawn, limit) & 0xffffffffu);
+}
+
 // Ends a replayed decode step (one thread): the picked id waits in slot pos % R, where the
 // next R - 1 steps leave it alone, and the next step finds its position on the device.
 extern "C" __global__ void advance(int* pos, const int* ids, int* picked, int R) {
@@ -556,6 +763,8 @@ extern "C" __global__ void attention_prefill_##SUF(T* o, const T* q, const T* kc
     const T* vc, const int* pos, int H, int KV, int hd, float scale, long long sqt,          \
     long long sqh, long long sot, long long soh, long long sc) {                             \
     attention_prefill<T>(o, q, kc, vc, pos, H, KV, hd, scale, sqt, sqh, sot, soh, sc); }     \
+extern "C" __global__ void sample_##SUF(int* o, const T* l, const float* p, const float* u,    \
+    int V) { sample<T>(o, l, p, u, V); }                                                      \
 extern "C" __global__ void dequantize_q8_##SUF(T* o, const signed char* q, const float* s,   \
     int K, int group, int vec, long long so, long long sq, long long ss) {                   \
     dequantize_q8<T>(o, q, s, K, group, vec, so, sq, ss); }                                  \

@@ -42,6 +42,7 @@ LIMITS = {                  # the kernels' sizes, given to NVRTC as -D options
     "MAX_SPLITS": 32,       # splits of the cache it merges
     "ARGMAX_CHUNK": 4096,   # logits an argmax block takes
     "ARGMAX_THREADS": 256,
+    "SAMPLE_THREADS": 1024, # the sampling block; also the largest top-k sorted in it
 }
 OPTIONS = ("--std=c++17",) + tuple(f"-D{k}={v}" for k, v in LIMITS.items())
 _ONE = np.ones(1, np.float32)
@@ -147,6 +148,13 @@ def argmax(out, logits):
     counters = _workspace(logits, (T,), np.int32, "argmax arrivals", zeroed=True)
     _launch("argmax", logits, (T, chunks), LIMITS["ARGMAX_THREADS"], out, best_v, best_i,
             counters, logits, _i(V), _l(_stride(logits, 0)))
+
+
+def sample(out, logits, params, u):
+    """One token drawn as core/reference.py's sample draws it (kernels.cu `sample`, one
+    block): no host round-trip in a sampled decode step."""
+    _launch("sample", logits, (1,), LIMITS["SAMPLE_THREADS"], out, logits, params, u,
+            _i(logits.shape[1]))
 
 
 def advance(pos, ids, picked):
