@@ -11,6 +11,7 @@ import refmodel
 cupy = pytest.importorskip("cupy")
 
 from polyllama import DeviceError, get_device, get_registry  # noqa: E402
+from polyllama.generate import SamplingParams, TokenLoop     # noqa: E402
 from polyllama.model import Model                            # noqa: E402
 
 
@@ -49,6 +50,22 @@ def test_model_int8_greedy_matches_transformers_on_int8_weights(name):
                         quant="int8")
     assert model.fmt == "q8_0"
     refmodel.assert_greedy_matches(model, refmodel.int8_hf_model(name, seed=1), steps=32)
+
+
+@gpu
+@pytest.mark.parametrize("settings", [(1.0, 0, 1.0, 0.0), (0.9, 0, 0.9, 0.0),
+                                      (0.8, 40, 0.95, 0.05)])
+def test_seeded_sampling_matches_cpu_numpy_fp32(settings):
+    """Sampled decode steps (replayed CUDA graphs, the draw on the device) draw the tokens
+    cpu:numpy draws on the host with the same seed. A random model's logits are flat, so
+    without a top-k the draws go to the whole-vocabulary searches."""
+    hf = refmodel.make_hf_model("gqa-tied", seed=3, vocab=5000)
+    ckpt = refmodel.reference_checkpoint(hf)
+    params = SamplingParams(*settings, seed=7)
+    model = Model.build(ckpt, get_device("cuda:cupy"), "float32")
+    assert model.can_sample_on_device()
+    want = list(TokenLoop(Model.build(ckpt, get_device("cpu:numpy")), params).run([1, 4, 9], 8))
+    assert list(TokenLoop(model, params).run([1, 4, 9], 8)) == want
 
 
 @gpu
