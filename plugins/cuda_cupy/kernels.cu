@@ -199,11 +199,12 @@ __device__ void argmax(int* out, float* part_v, int* part_i, int* counters, cons
 // Tokens are ranked by a distinct 64-bit order key, smaller first: the logit descending, then
 // the token id ascending (the reference's stable sort). Every rule keeps a prefix of that
 // order, so each cut is a key: the smallest key whose count, or weight, of keys up to it
-// reaches a target, found a radix digit (8 bits) a pass over the vocabulary. Weights are
+// reaches a target. Radix passes (8 bits of the key each) narrow it down to a bucket of keys
+// few enough to sort in shared memory, and one thread walks them. Weights are
 // exp((logit - max) / temperature) in float32; only a draw within float32 rounding of the
 // boundary between two tokens can land on the neighbour of the reference's.
-// With top-k up to SAMPLE_THREADS (the usual case), one search finds the top-k's last key;
-// its keys are then gathered and sorted in shared memory and the rest runs on them.
+// With top-k up to SAMPLE_THREADS (the usual case) the top-k itself is sorted, and the
+// other rules run on it.
 #define KEY_MAX 0xffffffffffffffffULL
 
 __device__ __forceinline__ unsigned long long order_key(float logit, int id) {
@@ -211,6 +212,8 @@ __device__ __forceinline__ unsigned long long order_key(float logit, int id) {
     unsigned ascending = (b & 0x80000000u) ? ~b : (b | 0x80000000u);   // larger float, larger
     return ((unsigned long long)~ascending << 32) | (unsigned)id;
 }
+
+__device__ __forceinline__ int id_of(unsigned long long key) { return (int)(key & 0xffffffffu); }
 
 struct Sampling {               // what every thread needs to see every logit as a key
     float max, inv_t;
@@ -222,15 +225,24 @@ __device__ __forceinline__ float weight_of(const T* logits, int id, const Sampli
     return expf((to_f(logits[id]) - s.max) * s.inv_t);
 }
 
-// The smallest key up to limit whose count (MASS: weight) of keys up to it is >= target
-// (STRICT: > target); KEY_MAX if there is none.
-template <typename T, bool MASS, bool STRICT>
-__device__ unsigned long long key_search(const T* logits, const Sampling& s,
-                                         unsigned long long limit, float target) {
+// The keys [lo, hi] that a search narrowed down to, and the count or weight of the keys
+// below lo (up to the search's limit).
+struct Window {
+    unsigned long long lo, hi;
+    float below;
+};
+
+// Narrows the search for the smallest key up to limit whose count (MASS: weight) of keys up
+// to it is >= target (STRICT: > target) to a window of at most SAMPLE_THREADS keys: the
+// bucket of the pass where it lies, or with WHOLE every key up to that bucket's last (so
+// the top-k's window holds all of it). lo = KEY_MAX: no key reaches the target.
+template <typename T, bool MASS, bool STRICT, bool WHOLE>
+__device__ Window narrow(const T* logits, const Sampling& s, unsigned long long limit,
+                         float target) {
     __shared__ unsigned counts[256];
     __shared__ float masses[256];
-    __shared__ unsigned long long prefix_s;
-    __shared__ float below_s;
+    __shared__ Window found;
+    __shared__ bool done;
     unsigned long long prefix = 0;
     float below = 0.0f;
     int lane = threadIdx.x % 32;
@@ -246,12 +258,9 @@ __device__ unsigned long long key_search(const T* logits, const Sampling& s,
             unsigned long long key = id < s.V ? order_key(to_f(logits[id]), id) : KEY_MAX;
             bool take = id < s.V && key <= limit && (key & settled) == prefix;
             int digit = take ? (int)((key >> shift) & 255) : 256;
-            if (MASS) {
-                if (take) atomicAdd(&masses[digit], weight_of(logits, id, s));
-            } else {
-                unsigned same = __match_any_sync(0xffffffffu, digit);
-                if (take && lane == __ffs(same) - 1) atomicAdd(&counts[digit], __popc(same));
-            }
+            unsigned same = __match_any_sync(0xffffffffu, digit);
+            if (take && lane == __ffs(same) - 1) atomicAdd(&counts[digit], __popc(same));
+            if (MASS && take) atomicAdd(&masses[digit], weight_of(logits, id, s));
         }
         __syncthreads();
         if (threadIdx.x == 0) {
@@ -261,16 +270,79 @@ __device__ unsigned long long key_search(const T* logits, const Sampling& s,
                 if (STRICT ? below + v > target : below + v >= target) break;
                 below += v;
             }
-            prefix_s = d == 256 ? KEY_MAX : prefix | ((unsigned long long)d << shift);
-            below_s = below;
+            if (d == 256) {
+                found = Window{KEY_MAX, KEY_MAX, below};
+                done = true;
+            } else {
+                unsigned long long lo = prefix | ((unsigned long long)d << shift);
+                unsigned long long hi = lo | ((1ULL << shift) - 1);
+                float n = WHOLE ? below + counts[d] : counts[d];  // WHOLE: below is a count
+                done = n <= SAMPLE_THREADS || shift == 0;
+                found = done && WHOLE ? Window{0, hi, 0.0f} : Window{lo, hi, below};
+            }
         }
         __syncthreads();
-        prefix = prefix_s;
-        below = below_s;
-        __syncthreads();                  // every thread has them before the next pass
-        if (prefix == KEY_MAX) return KEY_MAX;
+        if (done) return found;
+        prefix = found.lo;                         // the next pass narrows this bucket
+        below = found.below;
+        __syncthreads();                           // every thread has them before the next pass
     }
-    return prefix;
+    return found;                                  // not reached: shift 0 is always done
+}
+
+// The keys in [lo, hi], up to limit, sorted ascending into keys (at most SAMPLE_THREADS);
+// their number.
+template <typename T>
+__device__ int gather_sorted(const T* logits, const Sampling& s, unsigned long long lo,
+                             unsigned long long hi, unsigned long long* keys) {
+    __shared__ int n;
+    if (threadIdx.x == 0) n = 0;
+    for (int i = threadIdx.x; i < SAMPLE_THREADS; i += blockDim.x) keys[i] = KEY_MAX;
+    __syncthreads();
+    for (int id = threadIdx.x; id < s.V; id += blockDim.x) {
+        unsigned long long key = order_key(to_f(logits[id]), id);
+        if (key >= lo && key <= hi) keys[atomicAdd(&n, 1)] = key;
+    }
+    __syncthreads();
+    int count = n, size_max = 2;
+    while (size_max < count) size_max <<= 1;
+    for (int size = 2; size <= size_max; size <<= 1)                // bitonic sort
+        for (int stride = size / 2; stride > 0; stride >>= 1) {
+            for (int i = threadIdx.x; i < size_max; i += blockDim.x) {
+                int j = i ^ stride;
+                if (j > i && (keys[i] > keys[j]) == ((i & size) == 0)) {
+                    unsigned long long k = keys[i];
+                    keys[i] = keys[j];
+                    keys[j] = k;
+                }
+            }
+            __syncthreads();
+        }
+    return count;
+}
+
+// The smallest key up to limit whose count (MASS: weight) of keys up to it is >= target
+// (STRICT: > target); KEY_MAX if none. Every thread gets it.
+template <typename T, bool MASS, bool STRICT>
+__device__ unsigned long long find_key(const T* logits, const Sampling& s,
+                                       unsigned long long limit, float target,
+                                       unsigned long long* keys) {
+    __shared__ unsigned long long result;
+    Window w = narrow<T, MASS, STRICT, false>(logits, s, limit, target);
+    if (w.lo == KEY_MAX) return KEY_MAX;
+    int n = gather_sorted(logits, s, w.lo, min(w.hi, limit), keys);
+    if (threadIdx.x == 0) {
+        float acc = w.below;
+        result = n > 0 ? keys[n - 1] : KEY_MAX;     // past the end by rounding: the last one
+        for (int j = 0; j < n; ++j) {
+            acc += MASS ? weight_of(logits, id_of(keys[j]), s) : 1.0f;
+            if (STRICT ? acc > target : acc >= target) { result = keys[j]; break; }
+        }
+    }
+    __syncthreads();
+    unsigned long long key = result;
+    __syncthreads();
+    return key;
 }
 
 // The block's minimum of v (every thread gets it).
@@ -292,48 +364,45 @@ template <typename T>
 __device__ void prefix_stats(const T* logits, const Sampling& s, unsigned long long limit,
                              float floor, float& total, unsigned long long& last_heavy) {
     float sum = 0.0f;
-    unsigned long long heavy = 0;                      // 0: no key (keys are never 0 here)
+    unsigned long long heavy = 0;                      // 0: none yet
     for (int id = threadIdx.x; id < s.V; id += blockDim.x) {
         unsigned long long key = order_key(to_f(logits[id]), id);
         if (key > limit) continue;
         float w = weight_of(logits, id, s);
         sum += w;
-        if (w >= floor) heavy = max(heavy, key);
+        if (w >= floor) heavy = max(heavy, key + 1);
     }
     total = block_sum(sum);
     heavy = ~block_min(~heavy);                        // the block's maximum
-    last_heavy = heavy == 0 ? KEY_MAX : heavy;
+    last_heavy = heavy == 0 ? KEY_MAX : heavy - 1;
 }
 
-// The top-k (k up to SAMPLE_THREADS, its last key `last`) gathered and sorted ascending.
+// The rules and the draw on the first n keys of the order, sorted (one thread): the token.
 template <typename T>
-__device__ int gather_sorted(const T* logits, const Sampling& s, unsigned long long last,
-                             unsigned long long* keys) {
-    __shared__ int n;
-    if (threadIdx.x == 0) n = 0;
-    for (int i = threadIdx.x; i < SAMPLE_THREADS; i += blockDim.x) keys[i] = KEY_MAX;
-    __syncthreads();
-    for (int id = threadIdx.x; id < s.V; id += blockDim.x) {
-        unsigned long long key = order_key(to_f(logits[id]), id);
-        if (key <= last) keys[atomicAdd(&n, 1)] = key;
-    }
-    __syncthreads();
-    for (int size = 2; size <= SAMPLE_THREADS; size <<= 1)          // bitonic sort
-        for (int stride = size / 2; stride > 0; stride >>= 1) {
-            for (int i = threadIdx.x; i < SAMPLE_THREADS; i += blockDim.x) {
-                int j = i ^ stride;
-                if (j > i) {
-                    bool up = (i & size) == 0;
-                    if ((keys[i] > keys[j]) == up) {
-                        unsigned long long k = keys[i];
-                        keys[i] = keys[j];
-                        keys[j] = k;
-                    }
-                }
-            }
-            __syncthreads();
+__device__ int pick_sorted(const T* logits, const Sampling& s, const unsigned long long* keys,
+                           int n, float top_p, float min_p, float u) {
+    float total = 0.0f;
+    for (int j = 0; j < n; ++j) total += weight_of(logits, id_of(keys[j]), s);
+    if (top_p < 1.0f) {
+        float cum = 0.0f;
+        for (int j = 0; j < n; ++j) {
+            cum += weight_of(logits, id_of(keys[j]), s);
+            if (cum >= top_p * total) { n = j + 1; break; }
         }
-    return n;
+    }
+    if (min_p > 0.0f) {                    // the first key has weight 1: the largest
+        int c = 0;
+        while (c < n && weight_of(logits, id_of(keys[c]), s) >= min_p) ++c;
+        n = max(1, c);
+    }
+    total = 0.0f;
+    for (int j = 0; j < n; ++j) total += weight_of(logits, id_of(keys[j]), s);
+    float target = u * total, cum = 0.0f;
+    for (int j = 0; j < n; ++j) {
+        cum += weight_of(logits, id_of(keys[j]), s);
+        if (cum > target) return id_of(keys[j]);
+    }
+    return id_of(keys[n - 1]);
 }
 
 // params = (temperature, top_k, top_p, min_p); u ~ U[0, 1).
@@ -347,58 +416,36 @@ __device__ void sample(int* out, const T* logits, const float* params, const flo
     for (int id = threadIdx.x; id < V; id += blockDim.x)
         first = min(first, order_key(to_f(logits[id]), id));
     first = block_min(first);
-    int best = (int)(first & 0xffffffffu);
     if (temperature <= 0.0f) {
-        if (threadIdx.x == 0) *out = best;
+        if (threadIdx.x == 0) *out = id_of(first);
         return;
     }
-    Sampling s{to_f(logits[best]), 1.0f / temperature, V};
+    Sampling s{to_f(logits[id_of(first)]), 1.0f / temperature, V};
     int keep = top_k > 0 ? min(top_k, V) : V;
-    unsigned long long limit = keep < V ? key_search<T, false, false>(logits, s, KEY_MAX, keep)
-                                        : KEY_MAX;
-    if (keep <= SAMPLE_THREADS) {         // the rest on the sorted top-k, by one thread
-        int n = gather_sorted(logits, s, limit, sorted);
-        if (threadIdx.x != 0) return;
-        float w0 = weight_of(logits, best, s), total = 0.0f;
-        for (int j = 0; j < n; ++j) total += weight_of(logits, (int)(sorted[j] & 0xffffffffu), s);
-        if (top_p < 1.0f) {
-            float cum = 0.0f;
-            for (int j = 0; j < n; ++j) {
-                cum += weight_of(logits, (int)(sorted[j] & 0xffffffffu), s);
-                if (cum >= top_p * total) { n = j + 1; break; }
-            }
-        }
-        if (min_p > 0.0f) {
-            int c = 0;
-            while (c < n && weight_of(logits, (int)(sorted[c] & 0xffffffffu), s) >= min_p * w0)
-                ++c;
-            n = max(1, c);
-        }
-        total = 0.0f;
-        for (int j = 0; j < n; ++j) total += weight_of(logits, (int)(sorted[j] & 0xffffffffu), s);
-        float target = u[0] * total, cum = 0.0f;
-        int pick = n - 1;
-        for (int j = 0; j < n; ++j) {
-            cum += weight_of(logits, (int)(sorted[j] & 0xffffffffu), s);
-            if (cum > target) { pick = j; break; }
-        }
-        *out = (int)(sorted[pick] & 0xffffffffu);
+    if (keep <= SAMPLE_THREADS) {          // the top-k (or the whole vocabulary) sorted
+        unsigned long long hi = keep < V ? narrow<T, false, false, true>(logits, s, KEY_MAX,
+                                                                         keep).hi
+                                         : KEY_MAX;
+        gather_sorted(logits, s, 0, hi, sorted);
+        if (threadIdx.x == 0) *out = pick_sorted(logits, s, sorted, keep, top_p, min_p, u[0]);
         return;
     }
+    unsigned long long limit = keep < V ? find_key<T, false, false>(logits, s, KEY_MAX, keep,
+                                                                    sorted)
+                                        : KEY_MAX;
     float total;
     unsigned long long heavy;
     if (top_p < 1.0f) {
         prefix_stats(logits, s, limit, 0.0f, total, heavy);
-        unsigned long long cut = key_search<T, true, false>(logits, s, limit, top_p * total);
-        limit = min(limit, cut);
+        limit = min(limit, find_key<T, true, false>(logits, s, limit, top_p * total, sorted));
     }
-    prefix_stats(logits, s, limit, min_p * weight_of(logits, best, s), total, heavy);
-    if (min_p > 0.0f) {
+    prefix_stats(logits, s, limit, min_p, total, heavy);
+    if (min_p > 0.0f) {                    // the first key has weight 1: the largest
         limit = heavy == KEY_MAX ? first : min(limit, heavy);
         prefix_stats(logits, s, limit, 0.0f, total, heavy);
     }
-    unsigned long long drawn = key_search<T, true, true>(logits, s, limit, u[0] * total);
-    if (threadIdx.x == 0) *out = (int)(min(drawn, limit) & 0xffffffffu);
+    unsigned long long drawn = find_key<T, true, true>(logits, s, limit, u[0] * total, sorted);
+    if (threadIdx.x == 0) *out = id_of(min(drawn, limit));
 }
 
 // Ends a replayed decode step (one thread): the picked id waits in slot pos % R, where the
