@@ -258,9 +258,17 @@ __device__ Window narrow(const T* logits, const Sampling& s, unsigned long long 
             unsigned long long key = id < s.V ? order_key(to_f(logits[id]), id) : KEY_MAX;
             bool take = id < s.V && key <= limit && (key & settled) == prefix;
             int digit = take ? (int)((key >> shift) & 255) : 256;
-            unsigned same = __match_any_sync(0xffffffffu, digit);
-            if (take && lane == __ffs(same) - 1) atomicAdd(&counts[digit], __popc(same));
-            if (MASS && take) atomicAdd(&masses[digit], weight_of(logits, id, s));
+            unsigned same = __match_any_sync(0xffffffffu, digit);  // the lanes in my bucket
+            bool leader = take && lane == __ffs(same) - 1;       // one atomic a bucket a warp:
+            if (leader) atomicAdd(&counts[digit], __popc(same)); // most keys share a bucket
+            if (MASS) {                                          // in the first passes
+                float w = take ? weight_of(logits, id, s) : 0.0f, sum = 0.0f;
+                for (int l = 0; l < 32; ++l) {
+                    float other = __shfl_sync(0xffffffffu, w, l);
+                    if ((same >> l) & 1u) sum += other;
+                }
+                if (leader) atomicAdd(&masses[digit], sum);
+            }
         }
         __syncthreads();
         if (threadIdx.x == 0) {
