@@ -393,11 +393,18 @@ def test_sample(backend, dtype, rng, case):
     logits = upload(backend, -0.3 * rng.permutation(V)[None, :], dtype)   # no ties, clear gaps
     used = logits.numpy()[0]
     assert_cut_offs_unambiguous(used, params)
+    draws = unambiguous_draws(rng, used, params)
+    assert len(draws) > 16
+    assert_draws_match(backend, fn, logits, params, draws, case)
+
+
+def assert_draws_match(backend, fn, logits, params, draws, case):
+    """For each uniform number u of draws, the kernel picks reference.sample's token from the
+    logits as stored."""
+    used = logits.numpy()[0]
     dev_params = backend.upload(np.array(params, dtype=np.float32), "float32")
     u_dev = backend.upload(np.zeros(1, dtype=np.float32), "float32")
     out, whole = poisoned(backend, (1,), "int32")
-    draws = unambiguous_draws(rng, used, params)
-    assert len(draws) > 16
     for u in draws:
         backend.allocator.copyin(u_dev, np.array([u], dtype=np.float32))
         fn(out.native, logits.native, dev_params.native, u_dev.native)
@@ -420,13 +427,6 @@ def test_sample_large_vocabulary(backend, dtype, rng, case):
     logits = upload(backend, -0.004 * rng.permutation(V)[None, :], dtype)
     used = logits.numpy()[0]
     assert_cut_offs_unambiguous(used, params)
-    dev_params = backend.upload(np.array(params, dtype=np.float32), "float32")
-    u_dev = backend.upload(np.zeros(1, dtype=np.float32), "float32")
-    out, whole = poisoned(backend, (1,), "int32")
     draws = unambiguous_draws(rng, used, params)
     draws = [draws[i] for i in sorted(rng.choice(len(draws), min(len(draws), 48), replace=False))]
-    for u in draws:
-        backend.allocator.copyin(u_dev, np.array([u], dtype=np.float32))
-        fn(out.native, logits.native, dev_params.native, u_dev.native)
-        want = np.array([reference.sample(used, *params, u)], dtype=np.int32)
-        check_out(backend, out, whole, want, "int32", f"sample {case} u={u}")
+    assert_draws_match(backend, fn, logits, params, draws, case)
