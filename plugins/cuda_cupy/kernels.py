@@ -296,8 +296,8 @@ def _gemv(out, x, w, N, residual=None, g=None, eps=0.0, swiglu=False):
 def _gemv_q8_config(N, K, swiglu):
     """(threads, ROWS, PIECES) of gemv_q8 for an output of N rows over K columns: a piece a
     row per thread and tile; 4 weight rows to a block where a row fits one tile, 8 where it
-    takes more. Swept in whole decode steps (H100): more pieces a thread, other thread
-    counts or rows were 1-60% slower on TinyLlama, Llama-3.2-1B and Llama-2-7B."""
+    takes more. Swept in whole decode steps (H100, perf-notes): more pieces a thread, other
+    thread counts or rows were up to 2.6x slower on TinyLlama, Llama-3.2-1B and Llama-2-7B."""
     rows = 4 if K <= GEMV_THREADS * 16 else 8
     return GEMV_THREADS, rows // 2 if swiglu else rows, 1
 
