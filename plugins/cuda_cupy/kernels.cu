@@ -215,9 +215,9 @@ __device__ __forceinline__ unsigned long long order_key(float logit, int id) {
 
 __device__ __forceinline__ int id_of(unsigned long long key) { return (int)(key & 0xffffffffu); }
 
-struct Sampling {               // what every thread needs to see every logit as a key
+struct Sampling {               // the weights' scale, and the ids [begin, end) the block reads
     float max, inv_t;
-    int V;
+    int begin, end;
 };
 
 template <typename T>
@@ -253,10 +253,10 @@ __device__ Window narrow(const T* logits, const Sampling& s, unsigned long long 
             masses[d] = 0.0f;
         }
         __syncthreads();
-        for (int base = 0; base < s.V; base += blockDim.x) {        // every lane, every round
+        for (int base = s.begin; base < s.end; base += blockDim.x) { // every lane, every round
             int id = base + threadIdx.x;
-            unsigned long long key = id < s.V ? order_key(to_f(logits[id]), id) : KEY_MAX;
-            bool take = id < s.V && key <= limit && (key & settled) == prefix;
+            unsigned long long key = id < s.end ? order_key(to_f(logits[id]), id) : KEY_MAX;
+            bool take = id < s.end && key <= limit && (key & settled) == prefix;
             int digit = take ? (int)((key >> shift) & 255) : 256;
             unsigned same = __match_any_sync(0xffffffffu, digit);  // the lanes in my bucket
             bool leader = take && lane == __ffs(same) - 1;       // one atomic a bucket a warp:
@@ -298,23 +298,12 @@ __device__ Window narrow(const T* logits, const Sampling& s, unsigned long long 
     return found;                                  // not reached: shift 0 is always done
 }
 
-// The keys in [lo, hi], up to limit, sorted ascending into keys (at most SAMPLE_THREADS);
-// their number.
-template <typename T>
-__device__ int gather_sorted(const T* logits, const Sampling& s, unsigned long long lo,
-                             unsigned long long hi, unsigned long long* keys) {
-    __shared__ int n;
-    if (threadIdx.x == 0) n = 0;
-    for (int i = threadIdx.x; i < SAMPLE_THREADS; i += blockDim.x) keys[i] = KEY_MAX;
-    __syncthreads();
-    for (int id = threadIdx.x; id < s.V; id += blockDim.x) {
-        unsigned long long key = order_key(to_f(logits[id]), id);
-        if (key >= lo && key <= hi) keys[atomicAdd(&n, 1)] = key;
-    }
-    __syncthreads();
-    int count = n, size_max = 2;
+// keys[0, count) sorted ascending in place (bitonic; the slots up to the next power of 2 hold
+// KEY_MAX).
+__device__ void sort_keys(unsigned long long* keys, int count) {
+    int size_max = 2;
     while (size_max < count) size_max <<= 1;
-    for (int size = 2; size <= size_max; size <<= 1)                // bitonic sort
+    for (int size = 2; size <= size_max; size <<= 1)
         for (int stride = size / 2; stride > 0; stride >>= 1) {
             for (int i = threadIdx.x; i < size_max; i += blockDim.x) {
                 int j = i ^ stride;
@@ -326,6 +315,24 @@ __device__ int gather_sorted(const T* logits, const Sampling& s, unsigned long l
             }
             __syncthreads();
         }
+}
+
+// The keys in [lo, hi], up to limit, sorted ascending into keys (at most SAMPLE_THREADS);
+// their number.
+template <typename T>
+__device__ int gather_sorted(const T* logits, const Sampling& s, unsigned long long lo,
+                             unsigned long long hi, unsigned long long* keys) {
+    __shared__ int n;
+    if (threadIdx.x == 0) n = 0;
+    for (int i = threadIdx.x; i < SAMPLE_THREADS; i += blockDim.x) keys[i] = KEY_MAX;
+    __syncthreads();
+    for (int id = s.begin + threadIdx.x; id < s.end; id += blockDim.x) {
+        unsigned long long key = order_key(to_f(logits[id]), id);
+        if (key >= lo && key <= hi) keys[atomicAdd(&n, 1)] = key;
+    }
+    __syncthreads();
+    int count = n;
+    sort_keys(keys, count);
     return count;
 }
 
@@ -373,7 +380,7 @@ __device__ void prefix_stats(const T* logits, const Sampling& s, unsigned long l
                              float floor, float& total, unsigned long long& last_heavy) {
     float sum = 0.0f;
     unsigned long long heavy = 0;                      // 0: none yet
-    for (int id = threadIdx.x; id < s.V; id += blockDim.x) {
+    for (int id = s.begin + threadIdx.x; id < s.end; id += blockDim.x) {
         unsigned long long key = order_key(to_f(logits[id]), id);
         if (key > limit) continue;
         float w = weight_of(logits, id, s);
@@ -413,13 +420,54 @@ __device__ int pick_sorted(const T* logits, const Sampling& s, const unsigned lo
     return id_of(keys[n - 1]);
 }
 
+// Whether the sampling takes the candidates of CANDIDATE_BLOCKS slices of the vocabulary:
+// a top-k below the vocabulary and up to CANDIDATES each (the usual 40 or 50).
+#define CANDIDATES (SAMPLE_THREADS / CANDIDATE_BLOCKS)
+__device__ __forceinline__ bool from_candidates(const float* params, int V) {
+    int top_k = (int)params[1];
+    return params[0] > 0.0f && top_k > 0 && top_k <= CANDIDATES && top_k < V;
+}
+
+// grid (CANDIDATE_BLOCKS): block b hands sample the top-k keys of its slice of the
+// vocabulary (KEY_MAX in the slots it leaves), candidates[b * CANDIDATES, ...): the top-k of
+// the vocabulary are among them. Nothing to do unless from_candidates.
+template <typename T>
+__device__ void sample_candidates(unsigned long long* candidates, const T* logits,
+                                  const float* params, int V) {
+    __shared__ unsigned long long sorted[SAMPLE_THREADS];
+    pdl_start();
+    if (!from_candidates(params, V)) return;
+    int slice = (V + gridDim.x - 1) / gridDim.x;
+    int begin = min(V, (int)blockIdx.x * slice);
+    Sampling s{0.0f, 0.0f, begin, min(V, begin + slice)};
+    int length = s.end - s.begin, take = min((int)params[1], length);
+    unsigned long long hi = take < length ? narrow<T, false, false, true>(logits, s, KEY_MAX,
+                                                                          take).hi
+                                          : KEY_MAX;
+    gather_sorted(logits, s, 0, hi, sorted);
+    for (int i = threadIdx.x; i < CANDIDATES; i += blockDim.x)
+        candidates[blockIdx.x * CANDIDATES + i] = i < take ? sorted[i] : KEY_MAX;
+}
+
 // params = (temperature, top_k, top_p, min_p); u ~ U[0, 1).
 template <typename T>
-__device__ void sample(int* out, const T* logits, const float* params, const float* u, int V) {
+__device__ void sample(int* out, const unsigned long long* candidates, const T* logits,
+                       const float* params, const float* u, int V) {
     __shared__ unsigned long long sorted[SAMPLE_THREADS];
     pdl_start();
     float temperature = params[0], top_p = params[2], min_p = params[3];
     int top_k = (int)params[1];
+    if (from_candidates(params, V)) {      // the slices' candidates sorted: the top-k first
+        for (int i = threadIdx.x; i < SAMPLE_THREADS; i += blockDim.x)
+            sorted[i] = __ldcg(candidates + i);
+        __syncthreads();
+        sort_keys(sorted, SAMPLE_THREADS);
+        if (threadIdx.x == 0) {
+            Sampling s{to_f(logits[id_of(sorted[0])]), 1.0f / temperature, 0, V};
+            *out = pick_sorted(logits, s, sorted, top_k, top_p, min_p, u[0]);
+        }
+        return;
+    }
     unsigned long long first = KEY_MAX;
     for (int id = threadIdx.x; id < V; id += blockDim.x)
         first = min(first, order_key(to_f(logits[id]), id));
@@ -428,7 +476,7 @@ __device__ void sample(int* out, const T* logits, const float* params, const flo
         if (threadIdx.x == 0) *out = id_of(first);
         return;
     }
-    Sampling s{to_f(logits[id_of(first)]), 1.0f / temperature, V};
+    Sampling s{to_f(logits[id_of(first)]), 1.0f / temperature, 0, V};
     int keep = top_k > 0 ? min(top_k, V) : V;
     if (keep <= SAMPLE_THREADS) {          // the top-k (or the whole vocabulary) sorted
         unsigned long long hi = keep < V ? narrow<T, false, false, true>(logits, s, KEY_MAX,
@@ -818,8 +866,10 @@ extern "C" __global__ void attention_prefill_##SUF(T* o, const T* q, const T* kc
     const T* vc, const int* pos, int H, int KV, int hd, float scale, long long sqt,          \
     long long sqh, long long sot, long long soh, long long sc) {                             \
     attention_prefill<T>(o, q, kc, vc, pos, H, KV, hd, scale, sqt, sqh, sot, soh, sc); }     \
-extern "C" __global__ void sample_##SUF(int* o, const T* l, const float* p, const float* u,    \
-    int V) { sample<T>(o, l, p, u, V); }                                                      \
+extern "C" __global__ void sample_candidates_##SUF(unsigned long long* c, const T* l,         \
+    const float* p, int V) { sample_candidates<T>(c, l, p, V); }                             \
+extern "C" __global__ void sample_##SUF(int* o, const unsigned long long* c, const T* l,      \
+    const float* p, const float* u, int V) { sample<T>(o, c, l, p, u, V); }                  \
 extern "C" __global__ void dequantize_q8_##SUF(T* o, const signed char* q, const float* s,   \
     int K, int group, int vec, long long so, long long sq, long long ss) {                   \
     dequantize_q8<T>(o, q, s, K, group, vec, so, sq, ss); }                                  \

@@ -43,6 +43,7 @@ LIMITS = {                  # the kernels' sizes, given to NVRTC as -D options
     "ARGMAX_CHUNK": 4096,   # logits an argmax block takes
     "ARGMAX_THREADS": 256,
     "SAMPLE_THREADS": 1024, # the sampling block; also the largest top-k sorted in it
+    "CANDIDATE_BLOCKS": 16, # slices of the vocabulary handing a top-k up to 64 to it
 }
 OPTIONS = ("--std=c++17",) + tuple(f"-D{k}={v}" for k, v in LIMITS.items())
 _ONE = np.ones(1, np.float32)
@@ -152,9 +153,13 @@ def argmax(out, logits):
 
 def sample(out, logits, params, u):
     """One token drawn as core/reference.py's sample draws it (kernels.cu `sample`, one
-    block): no host round-trip in a sampled decode step."""
-    _launch("sample", logits, (1,), LIMITS["SAMPLE_THREADS"], out, logits, params, u,
-            _i(logits.shape[1]))
+    block, after sample_candidates for a small top-k): no host round-trip in a sampled
+    decode step."""
+    V, threads = logits.shape[1], LIMITS["SAMPLE_THREADS"]
+    candidates = _workspace(logits, (threads,), np.uint64, "sampling candidates")
+    _launch("sample_candidates", logits, (LIMITS["CANDIDATE_BLOCKS"],), threads, candidates,
+            logits, params, _i(V))
+    _launch("sample", logits, (1,), threads, out, candidates, logits, params, u, _i(V))
 
 
 def advance(pos, ids, picked):
