@@ -41,7 +41,7 @@ from polyllama.plugins.int8.pack import FMT as Q8_0
 from .device import hopper, interpreting, multiprocessors, pdl_enabled
 from .kernels import pdl_start, rmsnorm, silu_mul
 from .kernels import rope as rope_kernel
-from .sampling import _order_key, argmax, argmax_key, pick_key
+from .sampling import _order_key, argmax, argmax_key, id_bits, pick_key
 
 _scratch: dict = {}       # prefill intermediates (see _scratch_for)
 _outgrown: list = []      # scratch a larger one replaced: recorded prefills still use it
@@ -455,7 +455,7 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None, pic
     if M == 1:
         common = dict(NORM=g is not None, ADD=add, SWIGLU=swiglu, ROPE=rope is not None,
                       ARGMAX=pick is not None,
-                      IDB=max(1, (N - 1).bit_length()) if pick is not None else 1, PDL=pdl,
+                      IDB=id_bits(N) if pick is not None else 1, PDL=pdl,
                       launch_pdl=pdl)
         g = x if g is None else g
         turn = (pos, cos, sin)

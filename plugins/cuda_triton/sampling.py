@@ -76,6 +76,11 @@ def _order(x):
     return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
 
 
+def id_bits(V):
+    """IDB: the bits an order key gives the token id, for a vocabulary of V."""
+    return max(1, (V - 1).bit_length())
+
+
 @triton.jit
 def _order_key(x, idx, IDB: tl.constexpr, DROP: tl.constexpr):
     """Order key of logit x at token idx; DROP low bits of the logit's order left out (the
@@ -121,7 +126,7 @@ def argmax(out, logits):
     keys, _, cnt = _workspace(out.device, "argmax", T, P, 0)
     pdl = pdl_enabled(out.device)
     _argmax_kernel[(T, P)](out, logits, keys, cnt, V, logits.stride(0),
-                           IDB=max(1, (V - 1).bit_length()), CHUNK=chunk,
+                           IDB=id_bits(V), CHUNK=chunk,
                            P2=triton.next_power_of_2(P), PDL=pdl, num_warps=8, launch_pdl=pdl)
 
 
@@ -144,7 +149,7 @@ def _pick_key_kernel(out_ptr, key_ptr, IDB: tl.constexpr, PDL: tl.constexpr):
 def pick_key(out, key, V):
     """out[0] = the token of the offered key, which is reset for the next pick."""
     pdl = pdl_enabled(out.device)
-    _pick_key_kernel[(1,)](out, key, IDB=max(1, (V - 1).bit_length()), PDL=pdl, num_warps=1,
+    _pick_key_kernel[(1,)](out, key, IDB=id_bits(V), PDL=pdl, num_warps=1,
                            launch_pdl=pdl)
 
 
@@ -431,7 +436,7 @@ def sample(out, logits, params, u):
     keys, part, cnt = _workspace(out.device, "sample", 1, P * cand + sort, 2 * P)
     programs, span, sub = _search_grid(out.device, V)
     st, fl, hist, arrivals = _search_workspace(out.device, programs)
-    idb = max(1, (V - 1).bit_length())
+    idb = id_bits(V)
     pdl = pdl_enabled(out.device)
     _sample_kernel[(P,)](out, logits, params, u, keys, part, cnt, st, fl, V, IDB=idb,
                          CHUNK=chunk, CAND=cand, P2=triton.next_power_of_2(P), SORTED=sort,
