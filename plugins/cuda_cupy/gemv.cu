@@ -43,6 +43,26 @@ __device__ __forceinline__ void load_tile(uint4 (&dst)[WR][VECS], const T* (&row
                 rows[r], k0 + (threadIdx.x + v * blockDim.x) * Piece<T>::PER, K);
 }
 
+// x's piece at column c as floats (0 past K), times g's where NORM; the squares of x (before
+// g) added to ss.
+template <typename T, bool NORM, bool VEC>
+__device__ __forceinline__ void x_piece(float* xe, float& ss, const T* x, const T* g, int c,
+                                        int K) {
+    uint4 xr = load_piece<T, VEC, false>(x, c, K), gr;
+    if (NORM) gr = load_piece<T, VEC, false>(g, c, K);
+    const T* xp = reinterpret_cast<const T*>(&xr);
+    const T* gp = reinterpret_cast<const T*>(&gr);
+#pragma unroll
+    for (int e = 0; e < Piece<T>::PER; ++e) {
+        float v = c + e < K ? to_f(xp[e]) : 0.0f;
+        if (NORM) {
+            ss += v * v;
+            v *= to_f(gp[e]);
+        }
+        xe[e] = v;
+    }
+}
+
 // Adds a tile's products into acc (and x's squares into ss).
 template <typename T, bool NORM, int WR, int VECS, bool VEC>
 __device__ __forceinline__ void sum_tile(float (&acc)[WR], float& ss, const uint4 (&w)[WR][VECS],
@@ -51,19 +71,8 @@ __device__ __forceinline__ void sum_tile(float (&acc)[WR], float& ss, const uint
 #pragma unroll
     for (int v = 0; v < VECS; ++v) {
         int c = k0 + (threadIdx.x + v * blockDim.x) * PER;
-        uint4 xr = load_piece<T, VEC, false>(x, c, K), gr;
-        if (NORM) gr = load_piece<T, VEC, false>(g, c, K);
-        const T* xp = reinterpret_cast<const T*>(&xr);
-        const T* gp = reinterpret_cast<const T*>(&gr);
         float xe[PER];
-#pragma unroll
-        for (int e = 0; e < PER; ++e) {
-            xe[e] = c + e < K ? to_f(xp[e]) : 0.0f;
-            if (NORM) {
-                ss += xe[e] * xe[e];
-                xe[e] *= to_f(gp[e]);
-            }
-        }
+        x_piece<T, NORM, VEC>(xe, ss, x, g, c, K);
 #pragma unroll
         for (int r = 0; r < WR; ++r) {
             const T* wp = reinterpret_cast<const T*>(&w[r][v]);
@@ -227,21 +236,8 @@ __global__ void gemv_q8(T* out, const T* x, const T* g, const signed char* q, co
             int c = k0 + (threadIdx.x + p * blockDim.x) * Q8::PIECE;
             float xe[Q8::PIECE];
 #pragma unroll
-            for (int h = 0; h < Q8::PIECE; h += PER) {
-                uint4 xr = load_piece<T, VEC, false>(x, c + h, K), gr;
-                if (NORM) gr = load_piece<T, VEC, false>(g, c + h, K);
-                const T* xp = reinterpret_cast<const T*>(&xr);
-                const T* gp = reinterpret_cast<const T*>(&gr);
-#pragma unroll
-                for (int e = 0; e < PER; ++e) {
-                    float v = c + h + e < K ? to_f(xp[e]) : 0.0f;
-                    if (NORM) {
-                        ss += v * v;
-                        v *= to_f(gp[e]);
-                    }
-                    xe[h + e] = v;
-                }
-            }
+            for (int h = 0; h < Q8::PIECE; h += PER)
+                x_piece<T, NORM, VEC>(xe + h, ss, x, g, c + h, K);
 #pragma unroll
             for (int r = 0; r < WR; ++r) {
                 float qv[Q8::PIECE];
