@@ -392,32 +392,40 @@ __device__ void prefix_stats(const T* logits, const Sampling& s, unsigned long l
     last_heavy = heavy == 0 ? KEY_MAX : heavy - 1;
 }
 
-// The rules and the draw on the first n keys of the order, sorted (one thread): the token.
+// The rules and the draw on the first n keys of the order, sorted: the block weighs them
+// once, then one thread cuts and draws, and writes the token to out.
 template <typename T>
-__device__ int pick_sorted(const T* logits, const Sampling& s, const unsigned long long* keys,
-                           int n, float top_p, float min_p, float u) {
+__device__ void pick_sorted(int* out, const T* logits, const Sampling& s,
+                            const unsigned long long* keys, int n, float top_p, float min_p,
+                            float u) {
+    __shared__ float weights[SAMPLE_THREADS];
+    for (int j = threadIdx.x; j < n; j += blockDim.x)
+        weights[j] = weight_of(logits, id_of(keys[j]), s);
+    __syncthreads();
+    if (threadIdx.x != 0) return;
     float total = 0.0f;
-    for (int j = 0; j < n; ++j) total += weight_of(logits, id_of(keys[j]), s);
+    for (int j = 0; j < n; ++j) total += weights[j];
     if (top_p < 1.0f) {
         float cum = 0.0f;
         for (int j = 0; j < n; ++j) {
-            cum += weight_of(logits, id_of(keys[j]), s);
+            cum += weights[j];
             if (cum >= top_p * total) { n = j + 1; break; }
         }
     }
     if (min_p > 0.0f) {                    // the first key has weight 1: the largest
         int c = 0;
-        while (c < n && weight_of(logits, id_of(keys[c]), s) >= min_p) ++c;
+        while (c < n && weights[c] >= min_p) ++c;
         n = max(1, c);
     }
     total = 0.0f;
-    for (int j = 0; j < n; ++j) total += weight_of(logits, id_of(keys[j]), s);
+    for (int j = 0; j < n; ++j) total += weights[j];
     float target = u * total, cum = 0.0f;
+    int pick = n - 1;
     for (int j = 0; j < n; ++j) {
-        cum += weight_of(logits, id_of(keys[j]), s);
-        if (cum > target) return id_of(keys[j]);
+        cum += weights[j];
+        if (cum > target) { pick = j; break; }
     }
-    return id_of(keys[n - 1]);
+    *out = id_of(keys[pick]);
 }
 
 // Whether the sampling takes the candidates of CANDIDATE_BLOCKS slices of the vocabulary:
@@ -462,10 +470,8 @@ __device__ void sample(int* out, const unsigned long long* candidates, const T* 
             sorted[i] = __ldcg(candidates + i);
         __syncthreads();
         sort_keys(sorted, SAMPLE_THREADS);
-        if (threadIdx.x == 0) {
-            Sampling s{to_f(logits[id_of(sorted[0])]), 1.0f / temperature, 0, V};
-            *out = pick_sorted(logits, s, sorted, top_k, top_p, min_p, u[0]);
-        }
+        Sampling s{to_f(logits[id_of(sorted[0])]), 1.0f / temperature, 0, V};
+        pick_sorted(out, logits, s, sorted, top_k, top_p, min_p, u[0]);
         return;
     }
     unsigned long long first = KEY_MAX;
@@ -483,7 +489,7 @@ __device__ void sample(int* out, const unsigned long long* candidates, const T* 
                                                                          keep).hi
                                          : KEY_MAX;
         gather_sorted(logits, s, 0, hi, sorted);
-        if (threadIdx.x == 0) *out = pick_sorted(logits, s, sorted, keep, top_p, min_p, u[0]);
+        pick_sorted(out, logits, s, sorted, keep, top_p, min_p, u[0]);
         return;
     }
     unsigned long long limit = keep < V ? find_key<T, false, false>(logits, s, KEY_MAX, keep,
