@@ -135,10 +135,12 @@ def test_rope(backend, dtype, rng, heads_cfg, T, pos):
 
 # one token at 1,100 keys: a GPU decode kernel splits them over many blocks and merges
 LONG = (1, 1100)
+# a prompt continuing another over more than one block of 64 queries and tile of 64 keys
+LONG_PROMPT = (150, 37)
 
 
 @pytest.mark.parametrize("heads_cfg", sorted(HEADS))
-@pytest.mark.parametrize("T,pos", [(1, 0), (1, 13), (6, 0), (5, 11), LONG])
+@pytest.mark.parametrize("T,pos", [(1, 0), (1, 13), (6, 0), (5, 11), LONG, LONG_PROMPT])
 def test_attention(backend, dtype, rng, heads_cfg, T, pos):
     """Cache rows before pos hold history, rows from pos on are NaN: the kernel must write
     rows pos..pos+T-1 and never read past them."""
@@ -163,7 +165,7 @@ def test_attention(backend, dtype, rng, heads_cfg, T, pos):
 
 
 @pytest.mark.parametrize("heads_cfg", sorted(HEADS))
-@pytest.mark.parametrize("T,pos", [(1, 0), (1, 13), (5, 11), LONG])
+@pytest.mark.parametrize("T,pos", [(1, 0), (1, 13), (5, 11), LONG, LONG_PROMPT])
 def test_rope_attention(backend, dtype, rng, heads_cfg, T, pos):
     """rope then attention in one op: the output of the rotated q and keys, the cache holding
     the rotated keys (rounded as rope's in-place result would be)."""

@@ -592,6 +592,151 @@ __device__ void attention_prefill(T* out, const T* q, const T* kc, const T* vc, 
     }
 }
 
+// More tokens in 16-bit types, head sizes 64 and 128: a block of 4 warps takes 64 queries
+// (16 a warp) of one head and walks the visible keys in tiles of PF_KEYS rows, staged in
+// shared memory. Scores and values go through the tensor cores (mma.sync m16n8k16, float32
+// accumulation); each thread holds its fragments' rows of the online softmax. Fragment
+// layouts are the PTX ISA's: with g = lane / 4 and c = lane % 4, an A register holds row g
+// or g + 8, columns 2c and 2c + 1 (+ 8); B holds rows 2c, 2c + 1 (+ 8) of column g; the
+// float accumulator rows g and g + 8, columns 2c and 2c + 1. A score fragment so laid out
+// is already the A fragment of the next product, so probabilities never leave registers.
+__device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                         unsigned b1, __nv_bfloat16) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                         unsigned b1, __half) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ unsigned pack2(float lo, float hi, __nv_bfloat16) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&v);
+}
+__device__ __forceinline__ unsigned pack2(float lo, float hi, __half) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&v);
+}
+// Two 16-bit values as one register, the first in the low half.
+__device__ __forceinline__ unsigned join2(unsigned short lo, unsigned short hi) {
+    return (unsigned)lo | ((unsigned)hi << 16);
+}
+
+template <typename T, int HD>
+__device__ void attention_prefill_mma(T* out, const T* q, const T* kc, const T* vc,
+                                      const int* pos, int n_tok, int H, int KV, float scale_log2,
+                                      long long s_qt, long long s_qh, long long s_ot,
+                                      long long s_oh, long long s_c) {
+    constexpr int LD = HD + 8;          // padded rows: each fragment load hits 32 banks
+    __shared__ __align__(16) unsigned short ks[PF_KEYS * LD], vs[PF_KEYS * LD];
+    pdl_start();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    const int h = blockIdx.y;
+    const long long col = (long long)(h / (H / KV)) * HD;
+    const int p0 = pos[0], q0 = blockIdx.x * 64 + warp * 16;     // the warp's first query
+    const unsigned short* qh = reinterpret_cast<const unsigned short*>(q + h * s_qh);
+    unsigned qa[HD / 16][4];                                     // the warp's queries, A
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            int t = q0 + g + 8 * (r & 1), d = kk * 16 + 2 * c + 8 * (r >> 1);
+            const unsigned short* e = qh + (long long)t * s_qt + d;
+            qa[kk][r] = t < n_tok ? join2(e[0], e[1]) : 0u;      // padding queries: zeros
+        }
+    float o[HD / 8][4] = {};
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};     // rows g and g + 8
+    const int last = p0 + min(blockIdx.x * 64 + 63, n_tok - 1);  // the block's last key
+    const int warp_last = p0 + q0 + 15;
+    for (int k0 = 0; k0 <= last; k0 += PF_KEYS) {
+        __syncthreads();                                         // the last tile is used
+        for (int i = threadIdx.x; i < PF_KEYS * HD / 8; i += blockDim.x) {
+            int r = i / (HD / 8), d = i % (HD / 8) * 8;
+            uint4 kr = make_uint4(0, 0, 0, 0), vr = kr;          // past the last key: zeros
+            if (k0 + r <= last) {
+                long long at = (k0 + r) * s_c + col + d;
+                kr = *reinterpret_cast<const uint4*>(kc + at);
+                vr = *reinterpret_cast<const uint4*>(vc + at);
+            }
+            *reinterpret_cast<uint4*>(ks + r * LD + d) = kr;
+            *reinterpret_cast<uint4*>(vs + r * LD + d) = vr;
+        }
+        __syncthreads();
+        if (k0 > warp_last) continue;                            // no key here is visible
+        float s[PF_KEYS / 8][4];
+#pragma unroll
+        for (int n = 0; n < PF_KEYS / 8; ++n) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            const unsigned short* kr = ks + (n * 8 + g) * LD + 2 * c;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; ++kk)
+                mma16816(s[n], qa[kk], *reinterpret_cast<const unsigned*>(kr + kk * 16),
+                         *reinterpret_cast<const unsigned*>(kr + kk * 16 + 8), T());
+        }
+        float top[2] = {m[0], m[1]};
+#pragma unroll
+        for (int n = 0; n < PF_KEYS / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int key = k0 + n * 8 + 2 * c + (e & 1), row = e >> 1;
+                bool seen = key <= p0 + q0 + g + 8 * row;
+                s[n][e] = seen ? s[n][e] * scale_log2 : NEG_INF;
+                top[row] = fmaxf(top[row], s[n][e]);
+            }
+        float alpha[2];
+#pragma unroll
+        for (int row = 0; row < 2; ++row) {                      // the quad shares a row
+            top[row] = fmaxf(top[row], __shfl_xor_sync(0xffffffff, top[row], 1));
+            top[row] = fmaxf(top[row], __shfl_xor_sync(0xffffffff, top[row], 2));
+            alpha[row] = exp2f(m[row] - top[row]);
+            m[row] = top[row];
+            l[row] *= alpha[row];
+        }
+#pragma unroll
+        for (int n = 0; n < PF_KEYS / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[n][e] = exp2f(s[n][e] - m[e >> 1]);
+                l[e >> 1] += s[n][e];
+            }
+#pragma unroll
+        for (int d = 0; d < HD / 8; ++d) {
+            o[d][0] *= alpha[0]; o[d][1] *= alpha[0];
+            o[d][2] *= alpha[1]; o[d][3] *= alpha[1];
+        }
+#pragma unroll
+        for (int kk = 0; kk < PF_KEYS / 16; ++kk) {
+            const unsigned pa[4] = {pack2(s[2 * kk][0], s[2 * kk][1], T()),
+                                    pack2(s[2 * kk][2], s[2 * kk][3], T()),
+                                    pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T()),
+                                    pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T())};
+            const unsigned short* vr = vs + (kk * 16 + 2 * c) * LD + g;
+#pragma unroll
+            for (int d = 0; d < HD / 8; ++d)
+                mma16816(o[d], pa, join2(vr[d * 8], vr[LD + d * 8]),
+                         join2(vr[8 * LD + d * 8], vr[9 * LD + d * 8]), T());
+        }
+    }
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+        l[row] += __shfl_xor_sync(0xffffffff, l[row], 1);
+        l[row] += __shfl_xor_sync(0xffffffff, l[row], 2);
+        int t = q0 + g + 8 * row;
+        if (t >= n_tok) continue;
+        T* orow = out + t * s_ot + h * s_oh + 2 * c;
+#pragma unroll
+        for (int d = 0; d < HD / 8; ++d) {
+            orow[d * 8] = from_f<T>(o[d][2 * row] / l[row]);
+            orow[d * 8 + 1] = from_f<T>(o[d][2 * row + 1] / l[row]);
+        }
+    }
+}
+
 // MINE running softmaxes with nothing seen yet: maximum -inf, sum 0, weighted values 0.
 template <int MINE, int PER>
 __device__ __forceinline__ void empty_softmax(float (&m)[MINE], float (&l)[MINE],
@@ -851,6 +996,12 @@ extern "C" __global__ void attention_decode##PER##_##SUF(T* o, float* p, int* cn
     attention_decode<T, PER>(o, p, cnt, q, k, v, kc, vc, pos, c, s, H, KV, hd, scale, splits, \
                              sqh, skh, svh, soh, sc, st); }
 
+#define PREFILL_MMA(T, SUF, HD)                                                              \
+extern "C" __global__ void __launch_bounds__(128) attention_prefill_mma##HD##_##SUF(T* o,     \
+    const T* q, const T* kc, const T* vc, const int* pos, int n, int H, int KV, float scale,  \
+    long long sqt, long long sqh, long long sot, long long soh, long long sc) {               \
+    attention_prefill_mma<T, HD>(o, q, kc, vc, pos, n, H, KV, scale, sqt, sqh, sot, soh, sc); }
+
 #define FOR_TYPE(T, SUF)                                                                     \
 extern "C" __global__ void embedding_##SUF(T* o, const T* tab, const int* ids, int D,         \
     long long so, long long st) { embedding<T>(o, tab, ids, D, so, st); }                    \
@@ -884,3 +1035,5 @@ DECODE(T, SUF, 1) DECODE(T, SUF, 2) DECODE(T, SUF, 4)
 FOR_TYPE(float, f32)
 FOR_TYPE(__half, f16)
 FOR_TYPE(__nv_bfloat16, bf16)
+PREFILL_MMA(__half, f16, 64) PREFILL_MMA(__half, f16, 128)
+PREFILL_MMA(__nv_bfloat16, bf16, 64) PREFILL_MMA(__nv_bfloat16, bf16, 128)

@@ -36,6 +36,7 @@ GEMV_THREADS = 128
 GEMV_MAX_PIECES = 16        # 16-byte weight pieces a GEMV thread holds (64 registers)
 LIMITS = {                  # the kernels' sizes, given to NVRTC as -D options
     "ATTN_WARPS": 4,        # prefill attention: warps a (token, head) block
+    "PF_KEYS": 64,          # prefill attention on tensor cores: keys a shared-memory tile
     "MAX_HD": 256,          # largest head size
     "DEC_WARPS": 8,         # decode attention: warps a (kv head, split) block
     "MAX_G": 8,             # query heads per kv head it takes
@@ -204,7 +205,9 @@ def rope_attention(out, q, k, v, k_cache, v_cache, pos, cos, sin, scale):
 
 def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     """One token: attention_decode (kernels.cu). More tokens: their keys and values go into
-    the cache first, then a (token, head) block walks the token's visible keys."""
+    the cache first, then attention_prefill_mma takes blocks of 64 queries on the tensor
+    cores, or (float32, other head sizes) a (token, head) block walks the token's visible
+    keys."""
     T, H, hd = q.shape
     KV = k_cache.shape[1]
     if T == 1 and _decodes(q, k_cache):
@@ -215,10 +218,22 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     _launch("cache_write", k, (T, -(-KV * hd // BLOCK)), BLOCK, k_cache, v_cache, k, v, pos,
             _i(KV), _i(hd), _l(_stride(k, 0)), _l(_stride(k, 1)), _l(_stride(v, 0)),
             _l(_stride(v, 1)), _l(_stride(k_cache, 0)))
+    strides = (_l(_stride(q, 0)), _l(_stride(q, 1)), _l(_stride(out, 0)), _l(_stride(out, 1)),
+               _l(_stride(k_cache, 0)))
+    if _prefills_on_tensor_cores(q, k_cache, v_cache):
+        _launch(f"attention_prefill_mma{hd}", q, (-(-T // 64), H), 128, out, q, k_cache, v_cache,
+                pos, _i(T), _i(H), _i(KV), np.float32(scale * np.log2(np.e)), *strides)
+        return
     _launch("attention_prefill", q, (T, H), 32 * LIMITS["ATTN_WARPS"], out, q, k_cache,
-            v_cache, pos, _i(H), _i(KV), _i(hd), np.float32(scale), _l(_stride(q, 0)),
-            _l(_stride(q, 1)), _l(_stride(out, 0)), _l(_stride(out, 1)),
-            _l(_stride(k_cache, 0)))
+            v_cache, pos, _i(H), _i(KV), _i(hd), np.float32(scale), *strides)
+
+
+def _prefills_on_tensor_cores(q, k_cache, v_cache):
+    """Whether attention_prefill_mma takes this prompt: 16-bit types, heads of 64 or 128, and
+    cache rows it can stage in 16-byte pieces."""
+    return (q.itemsize == 2 and q.shape[2] in (64, 128)
+            and all(c.data.ptr % 16 == 0 for c in (k_cache, v_cache))
+            and k_cache.strides[0] % 16 == 0)
 
 
 def _check_attention(q, k, v, k_cache, v_cache):
