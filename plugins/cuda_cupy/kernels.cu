@@ -519,17 +519,20 @@ extern "C" __global__ void advance(int* pos, const int* ids, int* picked, int R)
     pos[0] = p + 1;
 }
 
-// grid (T, element blocks); writes the T new keys and values into cache rows pos[0] ..
+// grid (T, element blocks); writes the T new keys, rotated by the tables' rows pos[0] + t
+// (rope_attention; attention's tables turn by nothing), and values into cache rows pos[0] ..
 template <typename T>
-__device__ void cache_write(T* kc, T* vc, const T* k, const T* v, const int* pos, int KV, int hd,
+__device__ void cache_write(T* kc, T* vc, const T* k, const T* v, const int* pos,
+                            const float* cos_t, const float* sin_t, int KV, int hd,
                             long long s_kt, long long s_kh, long long s_vt, long long s_vh,
-                            long long s_c) {
+                            long long s_c, long long s_tab) {
     pdl_start();
     int t = blockIdx.x, e = blockIdx.y * blockDim.x + threadIdx.x;
     if (e >= KV * hd) return;
-    long long row = (long long)(pos[0] + t) * s_c;
+    long long row = (long long)(pos[0] + t) * s_c, at = (long long)(pos[0] + t) * s_tab;
     int h = e / hd, d = e % hd;
-    kc[row + e] = k[t * s_kt + h * s_kh + d];
+    const T* kr = k + t * s_kt + h * s_kh;
+    kc[row + e] = from_f<T>(rotated<T>(to_f(kr[d]), to_f(kr[d ^ 1]), d, cos_t + at, sin_t + at));
     vc[row + e] = v[t * s_vt + h * s_vh + d];
 }
 
@@ -593,7 +596,8 @@ __device__ void attention_prefill(T* out, const T* q, const T* kc, const T* vc, 
 }
 
 // More tokens in 16-bit types, head sizes 64 and 128: a block of 4 warps takes 64 queries
-// (16 a warp) of one head and walks the visible keys in tiles of PF_KEYS rows, staged in
+// (16 a warp) of one head, rotated by the tables' rows (rope_attention; attention's turn by
+// nothing) as it loads them, and walks the visible keys in tiles of PF_KEYS rows, staged in
 // shared memory. Scores and values go through the tensor cores (mma.sync m16n8k16, float32
 // accumulation); each thread holds its fragments' rows of the online softmax. Fragment
 // layouts are the PTX ISA's: with g = lane / 4 and c = lane % 4, an A register holds row g
@@ -629,9 +633,10 @@ __device__ __forceinline__ unsigned join2(unsigned short lo, unsigned short hi) 
 
 template <typename T, int HD>
 __device__ void attention_prefill_mma(T* out, const T* q, const T* kc, const T* vc,
-                                      const int* pos, int n_tok, int H, int KV, float scale_log2,
-                                      long long s_qt, long long s_qh, long long s_ot,
-                                      long long s_oh, long long s_c) {
+                                      const int* pos, const float* cos_t, const float* sin_t,
+                                      int n_tok, int H, int KV, float scale_log2, long long s_qt,
+                                      long long s_qh, long long s_ot, long long s_oh,
+                                      long long s_c, long long s_tab) {
     constexpr int LD = HD + 8;          // padded rows: each fragment load hits 32 banks
     __shared__ __align__(16) unsigned short ks[PF_KEYS * LD], vs[PF_KEYS * LD];
     pdl_start();
@@ -639,15 +644,19 @@ __device__ void attention_prefill_mma(T* out, const T* q, const T* kc, const T* 
     const int h = blockIdx.y;
     const long long col = (long long)(h / (H / KV)) * HD;
     const int p0 = pos[0], q0 = blockIdx.x * 64 + warp * 16;     // the warp's first query
-    const unsigned short* qh = reinterpret_cast<const unsigned short*>(q + h * s_qh);
     unsigned qa[HD / 16][4];                                     // the warp's queries, A
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
             int t = q0 + g + 8 * (r & 1), d = kk * 16 + 2 * c + 8 * (r >> 1);
-            const unsigned short* e = qh + (long long)t * s_qt + d;
-            qa[kk][r] = t < n_tok ? join2(e[0], e[1]) : 0u;      // padding queries: zeros
+            if (t >= n_tok) { qa[kk][r] = 0u; continue; }        // padding queries: zeros
+            const T* e = q + h * s_qh + (long long)t * s_qt + d;
+            const float* cr = cos_t + (long long)(p0 + t) * s_tab;
+            const float* sr = sin_t + (long long)(p0 + t) * s_tab;
+            float x0 = to_f(e[0]), x1 = to_f(e[1]);
+            qa[kk][r] = pack2(rotated<T>(x0, x1, d, cr, sr), rotated<T>(x1, x0, d + 1, cr, sr),
+                              T());
         }
     float o[HD / 8][4] = {};
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};     // rows g and g + 8
@@ -998,9 +1007,11 @@ extern "C" __global__ void attention_decode##PER##_##SUF(T* o, float* p, int* cn
 
 #define PREFILL_MMA(T, SUF, HD)                                                              \
 extern "C" __global__ void __launch_bounds__(128) attention_prefill_mma##HD##_##SUF(T* o,     \
-    const T* q, const T* kc, const T* vc, const int* pos, int n, int H, int KV, float scale,  \
-    long long sqt, long long sqh, long long sot, long long soh, long long sc) {               \
-    attention_prefill_mma<T, HD>(o, q, kc, vc, pos, n, H, KV, scale, sqt, sqh, sot, soh, sc); }
+    const T* q, const T* kc, const T* vc, const int* pos, const float* c, const float* s,     \
+    int n, int H, int KV, float scale, long long sqt, long long sqh, long long sot,           \
+    long long soh, long long sc, long long st) {                                              \
+    attention_prefill_mma<T, HD>(o, q, kc, vc, pos, c, s, n, H, KV, scale, sqt, sqh, sot, soh, \
+                                 sc, st); }
 
 #define FOR_TYPE(T, SUF)                                                                     \
 extern "C" __global__ void embedding_##SUF(T* o, const T* tab, const int* ids, int D,         \
@@ -1017,8 +1028,9 @@ extern "C" __global__ void add_##SUF(T* o, const T* a, const T* b, int N, long l
 extern "C" __global__ void argmax_##SUF(int* o, float* pv, int* pi, int* cnt, const T* l,     \
     int V, long long sl) { argmax<T>(o, pv, pi, cnt, l, V, sl); }                            \
 extern "C" __global__ void cache_write_##SUF(T* kc, T* vc, const T* k, const T* v,           \
-    const int* pos, int KV, int hd, long long a, long long b, long long c, long long d,       \
-    long long sc) { cache_write<T>(kc, vc, k, v, pos, KV, hd, a, b, c, d, sc); }             \
+    const int* pos, const float* co, const float* si, int KV, int hd, long long a,            \
+    long long b, long long c, long long d, long long sc, long long st) {                      \
+    cache_write<T>(kc, vc, k, v, pos, co, si, KV, hd, a, b, c, d, sc, st); }                 \
 extern "C" __global__ void attention_prefill_##SUF(T* o, const T* q, const T* kc,             \
     const T* vc, const int* pos, int H, int KV, int hd, float scale, long long sqt,          \
     long long sqh, long long sot, long long soh, long long sc) {                             \

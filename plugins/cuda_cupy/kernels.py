@@ -195,9 +195,14 @@ def _no_rotation(device_id: int):
 
 def rope_attention(out, q, k, v, k_cache, v_cache, pos, cos, sin, scale):
     """One token: attention_decode rotates q and the new key itself, so no rope kernel runs
-    before it. More tokens: rope, then attention."""
+    before it. More tokens: the cache write rotates the keys and attention_prefill_mma the
+    queries; where that kernel does not take the prompt, rope runs first."""
     if q.shape[0] == 1 and _decodes(q, k_cache):
         _attention_decode(out, q, k, v, k_cache, v_cache, pos, cos, sin, _stride(cos, 0), scale)
+        return
+    if q.shape[0] > 1 and _prefills_on_tensor_cores(q, k_cache, v_cache):
+        _check_attention(q, k, v, k_cache, v_cache)
+        _prefill(out, q, k, v, k_cache, v_cache, pos, cos, sin, _stride(cos, 0), scale)
         return
     rope(q, k, pos, cos, sin)
     attention(out, q, k, v, k_cache, v_cache, pos, scale)
@@ -215,14 +220,25 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
         _attention_decode(out, q, k, v, k_cache, v_cache, pos, cos, sin, 0, scale)
         return
     _check_attention(q, k, v, k_cache, v_cache)
+    cos, sin = _no_rotation(q.device.id)
+    _prefill(out, q, k, v, k_cache, v_cache, pos, cos, sin, 0, scale)
+
+
+def _prefill(out, q, k, v, k_cache, v_cache, pos, cos, sin, s_tab, scale):
+    """More tokens: the keys (rotated by the tables) and values into the cache, then the
+    attention of the queries (rotated too by attention_prefill_mma; the scalar kernel takes
+    them as they are)."""
+    T, H, hd = q.shape
+    KV = k_cache.shape[1]
     _launch("cache_write", k, (T, -(-KV * hd // BLOCK)), BLOCK, k_cache, v_cache, k, v, pos,
-            _i(KV), _i(hd), _l(_stride(k, 0)), _l(_stride(k, 1)), _l(_stride(v, 0)),
-            _l(_stride(v, 1)), _l(_stride(k_cache, 0)))
+            cos, sin, _i(KV), _i(hd), _l(_stride(k, 0)), _l(_stride(k, 1)), _l(_stride(v, 0)),
+            _l(_stride(v, 1)), _l(_stride(k_cache, 0)), _l(s_tab))
     strides = (_l(_stride(q, 0)), _l(_stride(q, 1)), _l(_stride(out, 0)), _l(_stride(out, 1)),
                _l(_stride(k_cache, 0)))
     if _prefills_on_tensor_cores(q, k_cache, v_cache):
         _launch(f"attention_prefill_mma{hd}", q, (-(-T // 64), H), 128, out, q, k_cache, v_cache,
-                pos, _i(T), _i(H), _i(KV), np.float32(scale * np.log2(np.e)), *strides)
+                pos, cos, sin, _i(T), _i(H), _i(KV), np.float32(scale * np.log2(np.e)),
+                *strides, _l(s_tab))
         return
     _launch("attention_prefill", q, (T, H), 32 * LIMITS["ATTN_WARPS"], out, q, k_cache,
             v_cache, pos, _i(H), _i(KV), _i(hd), np.float32(scale), *strides)
