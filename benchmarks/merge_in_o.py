@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from polyllama.plugins.cuda_triton import attention as shipped
-from polyllama.plugins.cuda_triton.attention import _attend_tile, _split_bounds
+from polyllama.plugins.cuda_triton.attention import _split_bounds, _split_softmax
 from polyllama.plugins.cuda_triton.device import interpreting, pdl_enabled
 from polyllama.plugins.cuda_triton.kernels import LOG2E, pdl_start
 from timing import (cuda_triton_and_bandwidth, floor_us, greedy_step, model_after_prompt,
@@ -45,42 +45,17 @@ def _split_kernel(part_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, qk_scale, s_qh, s_c,
     """The shipped decode kernel's split programs, without the merge."""
     kvh, sp = tl.program_id(0), tl.program_id(1)
     n = tl.load(pos_ptr)
+    m, l, acc = _split_softmax(q_ptr, kc_ptr, vc_ptr, n, kvh, sp, qk_scale, s_qh, s_c, G, HD,
+                               N_SPLIT, BLOCK_G, BLOCK_S, BLOCK_D, PRECISION, DOT_F32, PDL)
     start, end = _split_bounds(n, sp, N_SPLIT, BLOCK_S)
-    d = tl.arange(0, BLOCK_D)
-    dmask = d < HD
-    g = tl.arange(0, BLOCK_G)
-    gmask = g < G
-    heads = kvh * G + g
-    col = kvh * HD + d
-    s = start + tl.arange(0, BLOCK_S)
-    offs = s.to(tl.int64)[:, None] * s_c + col[None, :]
-    mask2 = (s < end)[:, None] & dmask[None, :]
-    k = tl.load(kc_ptr + offs, mask=mask2, other=0.0)
-    v = tl.load(vc_ptr + offs, mask=mask2, other=0.0)
-    pdl_start(PDL)
     if start < end:
-        q = tl.load(q_ptr + heads[:, None] * s_qh + d[None, :],
-                    mask=gmask[:, None] & dmask[None, :], other=0.0)
-        if DOT_F32:
-            q = q.to(tl.float32)
-        m = tl.full([BLOCK_G], float("-inf"), tl.float32)
-        l = tl.zeros([BLOCK_G], tl.float32)
-        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-        for s0 in range(start, end, BLOCK_S):
-            s = s0 + tl.arange(0, BLOCK_S)
-            nxt = s + BLOCK_S
-            offs = nxt.to(tl.int64)[:, None] * s_c + col[None, :]
-            mask2 = (nxt < end)[:, None] & dmask[None, :]
-            k_next = tl.load(kc_ptr + offs, mask=mask2, other=0.0)
-            v_next = tl.load(vc_ptr + offs, mask=mask2, other=0.0)
-            m, l, acc = _attend_tile(q, k, v, (s < end)[None, :], m, l, acc, qk_scale,
-                                     PRECISION, DOT_F32)
-            k, v = k_next, v_next
+        d = tl.arange(0, BLOCK_D)
+        g = tl.arange(0, BLOCK_G)
         ROW: tl.constexpr = BLOCK_D + 2
-        mine = part_ptr + heads * (N_SPLIT * ROW) + sp * ROW
-        tl.store(mine[:, None] + d[None, :], acc, mask=gmask[:, None])
-        tl.store(mine + BLOCK_D, m, mask=gmask)
-        tl.store(mine + BLOCK_D + 1, l, mask=gmask)
+        mine = part_ptr + (kvh * G + g) * (N_SPLIT * ROW) + sp * ROW
+        tl.store(mine[:, None] + d[None, :], acc, mask=(g < G)[:, None])
+        tl.store(mine + BLOCK_D, m, mask=g < G)
+        tl.store(mine + BLOCK_D + 1, l, mask=g < G)
 
 
 @triton.jit

@@ -213,9 +213,7 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
     the cache first, then attention_prefill_mma takes blocks of 64 queries on the tensor
     cores, or (float32, other head sizes) a (token, head) block walks the token's visible
     keys."""
-    T, H, hd = q.shape
-    KV = k_cache.shape[1]
-    if T == 1 and _decodes(q, k_cache):
+    if q.shape[0] == 1 and _decodes(q, k_cache):
         cos, sin = _no_rotation(q.device.id)
         _attention_decode(out, q, k, v, k_cache, v_cache, pos, cos, sin, 0, scale)
         return

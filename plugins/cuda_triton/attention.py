@@ -62,6 +62,46 @@ def _attend_tile(q, k, v, visible, m, l, acc, qk_scale, PRECISION: tl.constexpr,
 
 
 @triton.jit
+def _split_softmax(q_ptr, kc_ptr, vc_ptr, n, kvh, sp, qk_scale, s_qh, s_c, G: tl.constexpr,
+                   HD: tl.constexpr, N_SPLIT: tl.constexpr, BLOCK_G: tl.constexpr,
+                   BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+                   DOT_F32: tl.constexpr, PDL: tl.constexpr):
+    """(running max, sum, weighted values) of the G query heads of kv head kvh over split
+    sp's slice of the cached keys 0..n-1. The slice's first tile loads before the PDL wait
+    (earlier steps wrote those rows), the next one while the current is used."""
+    start, end = _split_bounds(n, sp, N_SPLIT, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < HD
+    g = tl.arange(0, BLOCK_G)
+    heads = kvh * G + g
+    col = kvh * HD + d
+    s = start + tl.arange(0, BLOCK_S)
+    offs = s.to(tl.int64)[:, None] * s_c + col[None, :]
+    mask2 = (s < end)[:, None] & dmask[None, :]
+    k = tl.load(kc_ptr + offs, mask=mask2, other=0.0)
+    v = tl.load(vc_ptr + offs, mask=mask2, other=0.0)
+    pdl_start(PDL)
+    qmask = (g < G)[:, None] & dmask[None, :]
+    q = tl.load(q_ptr + heads[:, None] * s_qh + d[None, :], mask=qmask, other=0.0)
+    if DOT_F32:                  # the interpreter multiplies bf16 bit patterns, not values
+        q = q.to(tl.float32)
+    m = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    for s0 in range(start, end, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        nxt = s + BLOCK_S
+        offs = nxt.to(tl.int64)[:, None] * s_c + col[None, :]
+        mask2 = (nxt < end)[:, None] & dmask[None, :]
+        k_next = tl.load(kc_ptr + offs, mask=mask2, other=0.0)
+        v_next = tl.load(vc_ptr + offs, mask=mask2, other=0.0)
+        m, l, acc = _attend_tile(q, k, v, (s < end)[None, :], m, l, acc, qk_scale,
+                                 PRECISION, DOT_F32)
+        k, v = k_next, v_next
+    return m, l, acc
+
+
+@triton.jit
 def _decode_kernel(out_ptr, part_ptr, cnt_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr,
                    qk_scale, s_qh, s_kh, s_oh, s_c, G: tl.constexpr, HD: tl.constexpr,
                    N_SPLIT: tl.constexpr, BLOCK_G: tl.constexpr, MERGE_G: tl.constexpr,
@@ -71,6 +111,8 @@ def _decode_kernel(out_ptr, part_ptr, cnt_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_p
     and value is read once."""
     kvh, sp = tl.program_id(0), tl.program_id(1)
     n = tl.load(pos_ptr)                          # cached keys 0..n-1; key n is the new one
+    m, l, acc = _split_softmax(q_ptr, kc_ptr, vc_ptr, n, kvh, sp, qk_scale, s_qh, s_c, G, HD,
+                               N_SPLIT, BLOCK_G, BLOCK_S, BLOCK_D, PRECISION, DOT_F32, PDL)
     start, end = _split_bounds(n, sp, N_SPLIT, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
     dmask = d < HD
@@ -78,29 +120,6 @@ def _decode_kernel(out_ptr, part_ptr, cnt_ptr, q_ptr, k_ptr, v_ptr, kc_ptr, vc_p
     gmask = g < G
     heads = kvh * G + g
     col = kvh * HD + d
-    s = start + tl.arange(0, BLOCK_S)
-    offs = s.to(tl.int64)[:, None] * s_c + col[None, :]
-    mask2 = (s < end)[:, None] & dmask[None, :]
-    k = tl.load(kc_ptr + offs, mask=mask2, other=0.0)     # earlier steps wrote these rows:
-    v = tl.load(vc_ptr + offs, mask=mask2, other=0.0)     # they load before the PDL wait
-    pdl_start(PDL)
-    qmask = gmask[:, None] & dmask[None, :]
-    q = tl.load(q_ptr + heads[:, None] * s_qh + d[None, :], mask=qmask, other=0.0)
-    if DOT_F32:                  # the interpreter multiplies bf16 bit patterns, not values
-        q = q.to(tl.float32)
-    m = tl.full([BLOCK_G], float("-inf"), tl.float32)
-    l = tl.zeros([BLOCK_G], tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    for s0 in range(start, end, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        nxt = s + BLOCK_S                         # the next tile loads while this one is used
-        offs = nxt.to(tl.int64)[:, None] * s_c + col[None, :]
-        mask2 = (nxt < end)[:, None] & dmask[None, :]
-        k_next = tl.load(kc_ptr + offs, mask=mask2, other=0.0)
-        v_next = tl.load(vc_ptr + offs, mask=mask2, other=0.0)
-        m, l, acc = _attend_tile(q, k, v, (s < end)[None, :], m, l, acc, qk_scale,
-                                 PRECISION, DOT_F32)
-        k, v = k_next, v_next
     ROW: tl.constexpr = BLOCK_D + 2               # a partial: acc, then max, then sum
     if start < end:                               # the merge skips empty splits
         mine = part_ptr + heads * (N_SPLIT * ROW) + sp * ROW
