@@ -201,7 +201,6 @@ def rope_attention(out, q, k, v, k_cache, v_cache, pos, cos, sin, scale):
         _attention_decode(out, q, k, v, k_cache, v_cache, pos, cos, sin, _stride(cos, 0), scale)
         return
     if q.shape[0] > 1 and _prefills_on_tensor_cores(q, k_cache, v_cache):
-        _check_attention(q, k, v, k_cache, v_cache)
         _prefill(out, q, k, v, k_cache, v_cache, pos, cos, sin, _stride(cos, 0), scale)
         return
     rope(q, k, pos, cos, sin)
@@ -217,7 +216,6 @@ def attention(out, q, k, v, k_cache, v_cache, pos, scale):
         cos, sin = _no_rotation(q.device.id)
         _attention_decode(out, q, k, v, k_cache, v_cache, pos, cos, sin, 0, scale)
         return
-    _check_attention(q, k, v, k_cache, v_cache)
     cos, sin = _no_rotation(q.device.id)
     _prefill(out, q, k, v, k_cache, v_cache, pos, cos, sin, 0, scale)
 
@@ -226,6 +224,7 @@ def _prefill(out, q, k, v, k_cache, v_cache, pos, cos, sin, s_tab, scale):
     """More tokens: the keys (rotated by the tables) and values into the cache, then the
     attention of the queries (rotated too by attention_prefill_mma; the scalar kernel takes
     them as they are)."""
+    _check_attention(q, k, v, k_cache, v_cache)
     T, H, hd = q.shape
     KV = k_cache.shape[1]
     _launch("cache_write", k, (T, -(-KV * hd // BLOCK)), BLOCK, k_cache, v_cache, k, v, pos,
