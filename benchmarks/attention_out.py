@@ -183,7 +183,7 @@ def main(argv=None) -> None:
     dev, bandwidth = cuda_triton_and_bandwidth()
     for shape in args.shapes:
         for prompt in args.prompt:
-            model = model_after_prompt(dev, shape, prompt=prompt)
+            model = model_after_prompt(dev, shape, prompt=prompt, ffn_op=False)
             variants = [("shipped", greedy_step(model))] + [
                 (f"fused {bn} rows, {bs} pos, {st} stages, {w} warps"
                  + ("" if c == ALL else f", {c} cached"), fused_step(model, bn, bs, st, w, c))

@@ -482,7 +482,7 @@ def print_timeline(stamps: torch.Tensor, L: int) -> None:
 
 def compare(dev, shape: str, bandwidth: float, timeline: bool) -> None:
     c = SHAPES[shape]
-    model = model_after_prompt(dev, shape)
+    model = model_after_prompt(dev, shape, ffn_op=False)
     why = unsupported(model)
     if why:
         print(f"{shape}: the kernel does not run this model ({why})")

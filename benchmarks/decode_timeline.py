@@ -6,7 +6,8 @@ launches early and waits for the one before it), so each kernel is charged its i
 its end minus the latest end before it. Increments add up to the step. They are summed per
 role (per layer: qkv with RoPE, attention, o, w13, w2; once: embedding, classifier, sampling)
 and set beside the time each GEMV's weight bytes take at the copy bandwidth, so a GEMV
-whose increment exceeds that time shows a link that costs streaming time.
+whose increment exceeds that time shows a link that costs streaming time. Where the FFN is
+one kernel (linear_add_ffn), w13 and w2 are its role "ffn".
 
     python benchmarks/decode_timeline.py tinyllama-1.1b llama2-7b [--quant int8]
 """
@@ -76,8 +77,8 @@ def timeline(dev, shape: str, bandwidth: float, quant: str | None) -> None:
     spans = kernel_spans(run)
     per_role = charged(spans, roles([s[0] for s in spans], model.config.n_layers))
     layer0 = model.layers[0]
-    weights = dict(qkv=layer0.wqkv, o=layer0.wo, w13=layer0.w13, w2=layer0.w2,
-                   classifier=model.output)
+    weights = dict(qkv=[layer0.wqkv], o=[layer0.wo], w13=[layer0.w13], w2=[layer0.w2],
+                   ffn=[layer0.w13, layer0.w2], classifier=[model.output])
     total = sum(us for _, us in per_role.values())
     print(f"\n{shape} ({quant or 'bf16'}): step {step_us:.1f} us (graph replay), "
           f"{total:.1f} us under the profiler")
@@ -87,8 +88,8 @@ def timeline(dev, shape: str, bandwidth: float, quant: str | None) -> None:
         each = us / count
         line = f"{role:12s} {count:7d} {each:8.2f}"
         if role in weights:
-            ideal = sum(p.numel() * p.element_size()
-                        for p in weights[role].parts.values()) / bandwidth * 1e6
+            ideal = sum(p.numel() * p.element_size() for w in weights[role]
+                        for p in w.parts.values()) / bandwidth * 1e6
             line += f" {ideal:16.2f} us {each - ideal:9.2f} us {count * (each - ideal):10.1f} us"
         else:
             line += f" {'':19s} {each:9.2f} us {us:10.1f} us"

@@ -117,7 +117,7 @@ VARIANTS = [(1, 2, 1024, 4), (2, 2, 1024, 4), (4, 2, 1024, 4), (1, 4, 1024, 4),
 
 
 def compare(dev, shape: str, bandwidth: float) -> None:
-    model = model_after_prompt(dev, shape)
+    model = model_after_prompt(dev, shape, ffn_op=False)
     floor = floor_us(model, bandwidth)
     piped = PipelinedFfnStep(model)
     variants = [("chain (shipped)", greedy_step(model))]

@@ -111,7 +111,7 @@ class FusedFfnStep:
 
 
 def compare(dev, shape: str, bandwidth: float) -> None:
-    model = model_after_prompt(dev, shape)
+    model = model_after_prompt(dev, shape, ffn_op=False)
     floor = floor_us(model, bandwidth)
     fused = FusedFfnStep(model)
     variants = [("chain (shipped)", greedy_step(model))]

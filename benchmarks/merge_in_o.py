@@ -208,7 +208,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     dev, bandwidth = cuda_triton_and_bandwidth()
     for shape in args.shapes:
-        model = model_after_prompt(dev, shape)
+        model = model_after_prompt(dev, shape, ffn_op=False)
         G = model.config.n_heads // model.config.n_kv_heads
         variants = [("shipped", greedy_step(model)),
                     ("float32 residual", float32_step(model))]

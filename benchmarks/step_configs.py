@@ -6,7 +6,9 @@ matrices (qkv, o, w1|w3, w2, the classifier; a tile of None means whole rows), o
 decode attention's positions per tile, (kv head, split) programs per multiprocessor, and
 warps with more programs than multiprocessors and with fewer. The whole decode step (random
 weights, 512 tokens in the KV cache unless --position says otherwise, argmax pick) is
-replayed as a CUDA graph; every variant is timed twice, interleaved, in one process.
+replayed as a CUDA graph; every variant is timed twice, interleaved, in one process. With
+dense weights the FFN is one kernel (linear_add_ffn, not a GEMV): the w13 and w2 variants
+then change nothing.
 
     python benchmarks/step_configs.py llama2-7b tinyllama-1.1b llama3.2-1b
     python benchmarks/step_configs.py llama3.2-1b --position 3000 --only attention

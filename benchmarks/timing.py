@@ -77,12 +77,23 @@ def graph_us(fn, replays=20, batches=7) -> float:
     return median_us(g.replay, replays, batches)
 
 
-def model_after_prompt(dev, shape: str, quant: str | None = None,
-                       prompt: int = PROMPT) -> Model:
+class TwoGemvFfn(Model):
+    """The executor with linear_add_ffn withheld: each layer's FFN runs as the w1|w3 and w2
+    GEMVs, w2 stored row-major and the residual stream in the compute dtype, as before that
+    op (perf-notes attempt 40). The experiments written against that chain build this."""
+
+    def _resolve_kernels(self, quant):
+        super()._resolve_kernels(quant)
+        self.ffn_k = None
+
+
+def model_after_prompt(dev, shape: str, quant: str | None = None, prompt: int = PROMPT,
+                       ffn_op: bool = True) -> Model:
     """A model of the named shape on random weights, `prompt` tokens in its KV cache, set
-    for the decode step at that position."""
+    for the decode step at that position; ffn_op=False: a TwoGemvFfn."""
     c = SHAPES[shape]
-    model = Model.build(random_checkpoint(c), dev, ctx=max(1024, prompt + 512), quant=quant)
+    model = (Model if ffn_op else TwoGemvFfn).build(random_checkpoint(c), dev,
+                                                     ctx=max(1024, prompt + 512), quant=quant)
     model.prefill(random_prompt(c, prompt), 0)
     model._set_pos(prompt)
     model.set_token(3)

@@ -87,7 +87,7 @@ def splitk_linear_add(shipped, splits, bn, bk, warps):
 
 
 def compare(dev, shape: str, bandwidth: float) -> None:
-    model = model_after_prompt(dev, shape)
+    model = model_after_prompt(dev, shape, ffn_op=False)
     floor = floor_us(model, bandwidth)
     step, shipped = greedy_step(model), linear._run
 

@@ -42,13 +42,14 @@ class Layer:
 class Workspace:
     """Activation buffers for up to `rows` tokens, allocated once."""
 
-    def __init__(self, device: Device, c: LlamaConfig, rows: int, dtype: str):
+    def __init__(self, device: Device, c: LlamaConfig, rows: int, dtype: str,
+                 residual: str | None = None):
         self.rows, self.c = rows, c
         e = device.empty
         self.ids = e((rows,), "int32")
-        self.x = e((rows, c.dim), dtype)                       # residual stream
+        self.x = e((rows, c.dim), residual or dtype)           # residual stream
         self.h = e((rows, c.dim), dtype)                       # normed input / scratch
-        self.tmp = e((rows, c.dim), dtype)                     # linear output before add
+        self.tmp = e((rows, c.dim), residual or dtype)         # linear output before add
         self.qkv = e((rows, c.q_dim + 2 * c.kv_dim), dtype)
         self.attn = e((rows, c.q_dim), dtype)
         self.gu = e((rows, 2 * c.hidden_dim), dtype)
@@ -114,7 +115,7 @@ class Model:
                 wo=self._weight(ckpt, [p + "wo"]),
                 ffn_norm=up(ckpt.dense(p + "ffn_norm")),
                 w13=self._weight(ckpt, [p + "w1", p + "w3"]),
-                w2=self._weight(ckpt, [p + "w2"]),
+                w2=self._weight(ckpt, [p + "w2"], columns=self.ffn_k is not None),
                 k_cache=_cache(kv, 0, i, ctx, c), v_cache=_cache(kv, 1, i, ctx, c)))
         cos, sin = reference.rope_tables(c.hd, ctx, c.rope_theta, c.rope_scaling)
         self.cos = device.upload(cos, "float32", share=True).native
@@ -125,7 +126,8 @@ class Model:
         self._device_pos = None              # what pos holds once queued work has run, if known
         self.picked = device.empty((PICKED_SLOTS,), "int32") if self.advance_k else None
         self.logits = device.empty((1, c.vocab_size), dtype)
-        self.decode_ws = Workspace(device, c, 1, dtype)
+        self.decode_ws = Workspace(device, c, 1, dtype,
+                                   "float32" if self.ffn_k is not None else None)
         self._decode = self.decode_ws.views(1)
         self._prefill_ws = None
         self._runners = {}
@@ -154,23 +156,30 @@ class Model:
         self.swiglu_k = optional("rmsnorm_swiglu", self.fmt)
         self.rope_attention_k = optional("rope_attention")
         self.argmax_k = optional("rmsnorm_linear_argmax", self.fmt)
+        self.ffn_k = optional("linear_add_ffn", self.fmt)
         self.sample_k, self.advance_k = optional("sample"), optional("advance")
 
-    def _upload(self, host, dtype=None):
-        t = self.device.upload(np.asarray(host, dtype=np.float32) if dtype is None else host,
+    def _upload(self, host, dtype=None, columns=False):
+        """host on the device (in the model's dtype unless given); columns: a matrix stored
+        column-major, its native the [N, K] view with strides (1, N)."""
+        host = np.asarray(host, dtype=np.float32) if dtype is None else host
+        t = self.device.upload(np.ascontiguousarray(host.T) if columns else host,
                                dtype or self.dtype, share=True)
         self.weight_bytes += t.buffer.nbytes
+        if columns:
+            return Tensor(t.buffer, host.shape, (1, host.shape[0]), t.offset).native
         return t.native
 
-    def _weight(self, ckpt: Checkpoint, names: list[str]) -> Weight:
+    def _weight(self, ckpt: Checkpoint, names: list[str], columns: bool = False) -> Weight:
         """Stack the named matrices by rows into one Weight of the model's format. A single
-        matrix reaches a quantization scheme as stored, so it may keep a file's own int8."""
+        matrix reaches a quantization scheme as stored, so it may keep a file's own int8.
+        columns: a dense matrix is stored column-major (see linear_add_ffn in ops.py)."""
         if len(names) == 1:
             host = ckpt.tensors[names[0]] if self.pack is not None else ckpt.dense(names[0])
         else:
             host = np.concatenate([ckpt.dense(n) for n in names])
         if self.pack is None:
-            return Weight(DENSE, tuple(host.shape), {"w": self._upload(host)})
+            return Weight(DENSE, tuple(host.shape), {"w": self._upload(host, columns=columns)})
         parts, meta = self.pack(host)
         return Weight(self.fmt, tuple(host.shape),
                       {k: self._upload(v, v.dtype.name) for k, v in parts.items()}, meta)
@@ -187,6 +196,10 @@ class Model:
         self.k.embedding(a.x, self.tok_embeddings, a.ids)
         for L in self.layers:
             self._attention(L, a)
+            if a.T == 1 and self.ffn_k is not None:
+                self.ffn_k(a.x, a.attn, L.wo, L.ffn_norm, self.config.norm_eps, L.w13, L.w2,
+                           a.tmp)
+                continue
             self._linear_add(a.x, a.attn, L.wo, a.tmp)
             self._ffn(L, a)
 

@@ -36,6 +36,16 @@ the host does its work)
   rmsnorm_linear_argmax(ids[T], logits[T,V], x[T,K], weight[K], eps, w: Weight)
         logits = rmsnorm_linear(x, weight, eps, w), then ids = argmax(logits) of the logits
         as stored: a greedy decode step's classifier and pick. One GEMV can pick as it goes.
+  linear_add_ffn(x[1,D], attn[1,Q], wo: Weight, weight[D], eps, w13: Weight, w2: Weight,
+                 scratch[1,D])
+        One token, x float32 (see below): x = linear_add(attn, wo, x), then
+        x += rmsnorm_swiglu(x, weight, eps, w13) @ W2^T, in place; scratch is float32 too
+        and free for the op's use. The second half of a layer as one op, so a backend can
+        run the FFN as one kernel split over its hidden width, each program adding its part
+        into x, without the link between two GEMVs. Where a backend has it (dense weights),
+        the executor keeps a decode step's residual stream in float32 and stores w2 column-
+        major: W2^T [F, D] row-major, passed as its [D, F] view (strides (1, D)); that
+        backend's linear_add takes such a W for several tokens.
   sample(out[1], logits[1,V], params[4], u[1])
         params = (temperature, top_k, top_p, min_p) as float32; u ~ U[0,1) float32.
         Samples one token from softmax(logits / temperature) restricted by top-k, top-p,
@@ -58,7 +68,8 @@ from typing import Any
 REQUIRED_OPS = ("embedding", "rmsnorm", "linear", "rope", "attention", "silu_mul", "add",
                 "argmax")
 OPTIONAL_OPS = ("rmsnorm_linear", "linear_add", "rmsnorm_linear_rope", "rmsnorm_swiglu",
-                "rope_attention", "rmsnorm_linear_argmax", "sample", "advance")
+                "rope_attention", "rmsnorm_linear_argmax", "linear_add_ffn", "sample",
+                "advance")
 ALL_OPS = REQUIRED_OPS + OPTIONAL_OPS
 
 DENSE = "dense"        # weight format of an unquantized matrix in the compute dtype

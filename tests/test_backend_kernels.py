@@ -252,6 +252,49 @@ def test_linear_add(backend, dtype, rng, T, alias):
     check_out(backend, out, whole, want, dtype, "linear_add")
 
 
+def column_major(device, w, dtype):
+    """A dense Weight whose W [N, K] is stored column-major, as the executor stores w2 for a
+    backend with linear_add_ffn: W^T uploaded row-major, W its view with strides (1, N)."""
+    t = upload(device, np.ascontiguousarray(w.T), dtype)
+    view = Tensor(t.buffer, w.shape, (1, w.shape[0]), t.offset)
+    return Weight(DENSE, tuple(w.shape), {"w": view.native}), t.numpy().T
+
+
+@pytest.mark.parametrize("T", [6, 130])
+def test_linear_add_column_major(backend, dtype, rng, T):
+    """A backend with linear_add_ffn gets w2 column-major; its prefill adds x @ W2^T."""
+    optional_kernel(backend, "linear_add_ffn")
+    fn = kernel(backend, "linear_add")
+    N, K = 48, 72
+    x = upload(backend, rng.standard_normal((T, K)), dtype)
+    w, w_used = column_major(backend, rng.standard_normal((N, K)) / np.sqrt(K), dtype)
+    out, whole = poisoned(backend, (T, N), dtype)
+    backend.allocator.copyin(out, rng.standard_normal((T, N)).astype(np.float32))
+    want = reference.add(out.numpy(), reference.linear(x.numpy(), w_used))
+    fn(out.native, x.native, w, out.native)
+    check_out(backend, out, whole, want, dtype, "linear_add, W column-major")
+
+
+@pytest.mark.parametrize("D,F,Q", [(67, 45, 48), (64, 4500, 32)])
+def test_linear_add_ffn(backend, dtype, rng, D, F, Q):
+    """The second half of a layer for one token on a float32 residual stream: the second
+    case gives a GPU's programs several chunks of hidden rows each."""
+    fn = optional_kernel(backend, "linear_add_ffn")
+    eps = 1e-5
+    x = upload(backend, rng.standard_normal((1, D)) * 2, "float32")
+    scratch = upload(backend, np.full((1, D), np.nan), "float32")
+    attn = upload(backend, rng.standard_normal((1, Q)), dtype)
+    wo, wo_used = dense(backend, rng.standard_normal((D, Q)) / np.sqrt(Q), dtype)
+    norm = upload(backend, 1 + 0.3 * rng.standard_normal(D), dtype)
+    w13, w13_used = dense(backend, rng.standard_normal((2 * F, D)) / np.sqrt(D), dtype)
+    w2, w2_used = column_major(backend, rng.standard_normal((D, F)) / np.sqrt(F), dtype)
+    mid = x.numpy().astype(np.float64) + reference.linear(attn.numpy(), wo_used)
+    want = mid + reference.linear(normed_reference("rmsnorm_swiglu", mid, norm.numpy(), eps,
+                                                   w13_used), w2_used)
+    fn(x.native, attn.native, wo, norm.native, eps, w13, w2, scratch.native)
+    assert_close(read(backend, x), want, dtype, "linear_add_ffn")
+
+
 @pytest.mark.parametrize("T", [1, 6])
 @pytest.mark.parametrize("op", ["rmsnorm_linear", "rmsnorm_swiglu"])
 def test_rmsnorm_then_linear(backend, dtype, rng, op, T):

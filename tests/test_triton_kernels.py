@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")            # conftest sets TRITON_INTERPRET=1 when there is no GPU
 
 from polyllama.plugins.cuda_triton import attention as attn_mod          # noqa: E402
-from polyllama.plugins.cuda_triton import kernels, linear, sampling       # noqa: E402
+from polyllama.plugins.cuda_triton import ffn, kernels, linear, sampling  # noqa: E402
 from polyllama.plugins.cuda_triton.device import TritonDevice, interpreting  # noqa: E402
 from polyllama import model as model_mod                                  # noqa: E402
 from polyllama.generate import SamplingParams, TokenLoop                   # noqa: E402
@@ -256,6 +256,48 @@ def test_linear_family(dev, rng, dtype, T, N, K, op, fmt):
         ref = reference.add(host(out), reference.linear(host(x), W))
         linear.linear_add(out, x, w, out)
     close(out, ref, dtype)
+
+
+def column_major(dev, rng, dtype, N, K):
+    """(Weight, its values) of a random W [N, K] stored column-major, as the executor stores
+    w2 for linear_add_ffn."""
+    Wt = up(dev, rng.standard_normal((K, N)) / np.sqrt(K), dtype)
+    return Weight("dense", (N, K), {"w": Wt.t()}), host(Wt).T
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,N,K", [s for s in LINEAR_SHAPES if s[0] > 1])
+def test_linear_add_column_major(dev, rng, dtype, T, N, K):
+    """A prefill's w2 GEMM on the column-major w2 (pointer tiles, or TMA over W^T)."""
+    x = up(dev, rng.standard_normal((T, K)), dtype)
+    w, W = column_major(dev, rng, dtype, N, K)
+    out = up(dev, rng.standard_normal((T, N)), dtype)
+    ref = reference.add(host(out), reference.linear(host(x), W))
+    linear.linear_add(out, x, w, out)
+    close(out, ref, dtype)
+
+
+# (D, F, Q): SmolLM2's (a program a chunk), TinyLlama's and Llama-2-7B's FFN on a GPU
+FFN_SHAPES = [(67, 45, 48), (64, 300, 32)] if SMALL else [
+    (576, 1536, 576), (2048, 5632, 2048), (4096, 11008, 4096), (1000, 777, 96)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D,F,Q", FFN_SHAPES)
+def test_linear_add_ffn(dev, rng, dtype, D, F, Q):
+    """x += attn @ Wo^T, then x += the SwiGLU FFN of its RMSNorm, x float32."""
+    x = up(dev, rng.standard_normal((1, D)) * 2, "float32")
+    scratch = poisoned(dev, (1, D), "float32")
+    attn = up(dev, rng.standard_normal((1, Q)), dtype)
+    wo, Wo = weight(dev, rng, "dense", dtype, D, Q)
+    g = up(dev, 1 + 0.3 * rng.standard_normal(D), dtype)
+    w13, W13 = weight(dev, rng, "dense", dtype, 2 * F, D)
+    w2, W2 = column_major(dev, rng, dtype, D, F)
+    mid = host(x) + reference.linear(host(attn), Wo)
+    gu = reference.linear(reference.rmsnorm(mid, host(g), 1e-5), W13)
+    ref = mid + reference.linear(reference.silu_mul(gu[:, :F], gu[:, F:]), W2)
+    ffn.linear_add_ffn(x, attn, wo, g, 1e-5, w13, w2, scratch)
+    close(x, ref, dtype, roundings=2)
 
 
 ROPE_SHAPES = [(1, 4, 2, 12, 40), (6, 3, 1, 16, 24)] if SMALL else [

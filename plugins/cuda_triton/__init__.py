@@ -10,7 +10,7 @@ KERNELS = {
     "add": "kernels", "argmax": "sampling", "attention": "attention", "linear": "linear",
     "rmsnorm_linear": "linear", "linear_add": "linear", "rmsnorm_linear_rope": "linear",
     "rmsnorm_swiglu": "linear", "rmsnorm_linear_argmax": "linear",
-    "sample": "sampling", "advance": "kernels",
+    "linear_add_ffn": "ffn", "sample": "sampling", "advance": "kernels",
 }
 FIX = "pip install 'polyllama[cuda-triton]'"
 

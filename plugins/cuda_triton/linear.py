@@ -51,14 +51,15 @@ TMA_MIN_ROWS = 129        # fewer rows: per-tile programs loading through pointe
 
 
 @triton.jit
-def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr, key_ptr, N, K,
-                 s_w, eps, s_tab, ROT, HD, NORM: tl.constexpr, ADD: tl.constexpr,
-                 SWIGLU: tl.constexpr, ROPE: tl.constexpr, ARGMAX: tl.constexpr,
-                 IDB: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr, EARLY_RES: tl.constexpr,
-                 PDL: tl.constexpr):
+def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr, key_ptr,
+                 copy_ptr, N, K, s_w, eps, s_tab, ROT, HD, NORM: tl.constexpr,
+                 ADD: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
+                 ARGMAX: tl.constexpr, IDB: tl.constexpr, COPY: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
+                 EARLY_RES: tl.constexpr, PDL: tl.constexpr):
     """SWIGLU: W holds 2N rows (gate, then up); out = silu(gate) * up, N wide.
     ROPE: outputs below ROT are rotated in pairs (see _rope_factors).
+    COPY: the outputs are stored to copy_ptr too.
     ONE_TILE (K <= BLOCK_K): the program's whole weight block loads before the PDL wait;
     else it walks K in tiles, the first loaded before the wait.
     EARLY_RES: the residual loads right after the wait, else after the row sums."""
@@ -104,8 +105,10 @@ def _gemv_kernel(out_ptr, x_ptr, w_ptr, g_ptr, r_ptr, pos_ptr, cos_ptr, sin_ptr,
         y_u = tl.sum(acc_u, axis=1)
     if not EARLY_RES:
         res = _residual(r_ptr, rows, N, ADD)
-    _epilogue(out_ptr, key_ptr, res, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t,
-              sin_t, NORM, ADD, SWIGLU, ROPE, ARGMAX, IDB, BLOCK_N)
+    y = _epilogue(out_ptr, key_ptr, res, rows, N, y, y_u, tl.sum(ss, axis=0), K, eps, cos_t,
+                  sin_t, NORM, ADD, SWIGLU, ROPE, ARGMAX, IDB, BLOCK_N)
+    if COPY:
+        tl.store(copy_ptr + rows, y, mask=rows < N)
 
 
 @triton.jit
@@ -168,7 +171,7 @@ def _epilogue(out_ptr, key_ptr, res, rows, N, y, y_u, ss, K, eps, cos_t, sin_t,
               ARGMAX: tl.constexpr, IDB: tl.constexpr, BLOCK_N: tl.constexpr):
     """Row sums y (and y_u, the up half) to outputs: RMSNorm scale, RoPE (cos_t and sin_t
     from _rope_factors), SwiGLU, residual add (res from _residual); with ARGMAX the stored
-    outputs' largest argmax key is offered to key_ptr."""
+    outputs' largest argmax key is offered to key_ptr. Returns the outputs as stored."""
     if NORM:
         inv = tl.rsqrt(ss / K + eps)
         y = y * inv
@@ -186,6 +189,7 @@ def _epilogue(out_ptr, key_ptr, res, rows, N, y, y_u, ss, K, eps, cos_t, sin_t,
     tl.store(out_ptr + rows, y, mask=rows < N)
     if ARGMAX:
         _offer_argmax(key_ptr, y, rows, N, IDB)
+    return y
 
 
 @triton.jit
@@ -273,23 +277,25 @@ def _grouped(tile, n_m, n_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _gemm_kernel(out_ptr, x_ptr, w_ptr, r_ptr, M, N, K, s_out, s_x, s_w, s_r,
+def _gemm_kernel(out_ptr, x_ptr, w_ptr, r_ptr, M, N, K, s_out, s_x, s_wn, s_wk, s_r,
                  ADD: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  GROUP_M: tl.constexpr):
-    """Launched without PDL: its resident blocks would hold shared memory while waiting."""
+    """Launched without PDL: its resident blocks would hold shared memory while waiting.
+    W[n, k] sits at w_ptr + n s_wn + k s_wk (row- or column-major)."""
     pid_m, pid_n = _grouped(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N),
                             GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     x_rows = x_ptr + rm.to(tl.int64)[:, None] * s_x
-    w_rows = w_ptr + rn.to(tl.int64)[:, None] * s_w
+    w_rows = w_ptr + rn.to(tl.int64)[:, None] * s_wn
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + rk
         a = tl.load(x_rows + k[None, :], mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
-        b = tl.load(w_rows + k[None, :], mask=(rn[:, None] < N) & (k[None, :] < K), other=0.0)
+        b = tl.load(w_rows + k.to(tl.int64)[None, :] * s_wk,
+                    mask=(rn[:, None] < N) & (k[None, :] < K), other=0.0)
         if DOT_F32:        # the interpreter multiplies bf16 bit patterns, not values
             a, b = a.to(tl.float32), b.to(tl.float32)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
@@ -302,11 +308,13 @@ def _gemm_kernel(out_ptr, x_ptr, w_ptr, r_ptr, M, N, K, s_out, s_x, s_w, s_r,
 
 
 @triton.jit
-def _gemm_tma_kernel(out_d, x_d, w_d, r_d, M, N, K, ADD: tl.constexpr, DOT_F32: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     GROUP_M: tl.constexpr, STAGES: tl.constexpr, PROGRAMS: tl.constexpr):
+def _gemm_tma_kernel(out_d, x_d, w_d, r_d, M, N, K, ADD: tl.constexpr, W_T: tl.constexpr,
+                     DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, STAGES: tl.constexpr,
+                     PROGRAMS: tl.constexpr):
     """_gemm_kernel with tensor descriptors, persistent: PROGRAMS programs take the output
-    tiles in turn (grouped order), so the next tile's first loads overlap this one's end."""
+    tiles in turn (grouped order), so the next tile's first loads overlap this one's end.
+    W_T: w_d describes W^T (a column-major W), tiles [BLOCK_K, BLOCK_N]."""
     n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), n_m * n_n, PROGRAMS, flatten=True):
         pid_m, pid_n = _grouped(tile, n_m, n_n, GROUP_M)
@@ -314,10 +322,13 @@ def _gemm_tma_kernel(out_d, x_d, w_d, r_d, M, N, K, ADD: tl.constexpr, DOT_F32: 
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
             a = x_d.load([m0, k0])
-            b = w_d.load([n0, k0])
+            if W_T:
+                b = w_d.load([k0, n0])
+            else:
+                b = w_d.load([n0, k0]).T
             if DOT_F32:    # the interpreter multiplies bf16 bit patterns, not values
                 a, b = a.to(tl.float32), b.to(tl.float32)
-            acc = tl.dot(a, b.T, acc)
+            acc = tl.dot(a, b, acc)
         if ADD:
             acc += r_d.load([m0, n0]).to(tl.float32)
         out_d.store([m0, n0], acc.to(out_d.dtype))
@@ -409,16 +420,24 @@ def _tma_ready(*tensors):
 
 
 def _gemm_tma(out, x, W, residual, add):
+    """W row-major, or column-major (described by its transpose)."""
     M, K = x.shape
     N = W.shape[0]
     sms = multiprocessors(out.device)
     bm, bn, bk, warps, stages = _gemm_tma_config(M, N, sms, add)
     programs = min(sms, triton.cdiv(M, bm) * triton.cdiv(N, bn))
     desc = TensorDescriptor.from_tensor
+    w_t = _column_major(W)
+    w_d = desc(W.t(), [bk, bn]) if w_t else desc(W, [bn, bk])
     _gemm_tma_kernel[(programs,)](
-        desc(out, [bm, bn]), desc(x, [bm, bk]), desc(W, [bn, bk]), desc(residual, [bm, bn]),
-        M, N, K, ADD=add, DOT_F32=interpreting(), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        GROUP_M=8, STAGES=stages, PROGRAMS=programs, num_warps=warps)
+        desc(out, [bm, bn]), desc(x, [bm, bk]), w_d, desc(residual, [bm, bn]),
+        M, N, K, ADD=add, W_T=w_t, DOT_F32=interpreting(), BLOCK_M=bm, BLOCK_N=bn,
+        BLOCK_K=bk, GROUP_M=8, STAGES=stages, PROGRAMS=programs, num_warps=warps)
+
+
+def _column_major(W):
+    """Whether W [N, K] is stored column-major (W^T row-major: see linear_add_ffn)."""
+    return W.stride(0) == 1 and W.shape[1] > 1
 
 
 def _scratch_for(name, shape, like):
@@ -434,16 +453,20 @@ def _scratch_for(name, shape, like):
     return buf[:numel].view(shape)
 
 
-def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None, pick=None):
+def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None, pick=None,
+         copy=None):
     """rope: (pos, cos, sin, heads) rotates the first heads * hd outputs
-    (rmsnorm_linear_rope). pick: an int64 key raised to the outputs' argmax key."""
+    (rmsnorm_linear_rope). pick: an int64 key raised to the outputs' argmax key. copy: one
+    token's outputs are stored there too. W may be column-major for several tokens."""
     q8 = w.fmt == Q8_0
     W = w.parts["q" if q8 else "w"]
     S = w.parts["s"] if q8 else W                    # scales (a placeholder when dense)
     group = w.meta["group"] if q8 else 1
     M, K = x.shape
     N = W.shape[0] // 2 if swiglu else W.shape[0]
-    assert x.stride(1) == 1 and W.stride(1) == 1 and out.stride(1) == 1, "rows must be dense"
+    assert x.stride(1) == 1 and out.stride(1) == 1, "rows must be dense"
+    assert W.stride(1) == 1 or (M > 1 and _column_major(W) and not (swiglu or rope)), (
+        "a column-major weight only goes through the GEMM of linear and linear_add")
     pdl = pdl_enabled(out.device)
     add = residual is not None
     residual = residual if add else out
@@ -471,8 +494,9 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None, pic
         bn = max(1, bn // 2) if swiglu else bn           # gate and up rows: the same bytes
         bn = max(2, bn) if rope is not None else bn      # rope turns whole row pairs
         _gemv_kernel[(triton.cdiv(N, bn),)](
-            out, x, W, g, residual, *turn, key, N, K, W.stride(0), float(eps), cos.stride(0),
-            rot, hd, BLOCK_N=bn, BLOCK_K=bk, ONE_TILE=K <= bk,
+            out, x, W, g, residual, *turn, key, out if copy is None else copy, N, K,
+            W.stride(0), float(eps), cos.stride(0), rot, hd, COPY=copy is not None,
+            BLOCK_N=bn, BLOCK_K=bk, ONE_TILE=K <= bk,
             EARLY_RES=_early_residual(K <= bk, warps), num_warps=warps, **common)
         return
     if rope is not None:                 # more tokens: the GEMM, then the rope kernel
@@ -497,12 +521,13 @@ def _run(out, x, w, g=None, eps=0.0, residual=None, swiglu=False, rope=None, pic
         silu_mul(out, gu[:, :N], gu[:, N:])
         return
     fp32 = x.element_size() == 4
-    if not fp32 and M >= TMA_MIN_ROWS and _tma_ready(out, x, W, residual):
+    if not fp32 and M >= TMA_MIN_ROWS and _tma_ready(out, x, W.t() if _column_major(W)
+                                                       else W, residual):
         _gemm_tma(out, x, W, residual, add)
         return
     bm, bn, bk, warps, stages = _gemm_config(M, N, fp32)
     _gemm_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
-        out, x, W, residual, M, N, K, out.stride(0), x.stride(0), W.stride(0),
+        out, x, W, residual, M, N, K, out.stride(0), x.stride(0), W.stride(0), W.stride(1),
         residual.stride(0), ADD=add, PRECISION="ieee" if fp32 else "tf32",
         DOT_F32=interpreting(), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
         num_warps=warps, num_stages=stages)
