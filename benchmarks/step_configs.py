@@ -3,12 +3,12 @@
 `linear._gemv_config` picks (rows per program, values per tile, warps) from a matrix's shape
 alone, tuned on sweeps of single GEMVs. A variant overrides it for some of the step's
 matrices (qkv, o, w1|w3, w2, the classifier; a tile of None means whole rows), or sets the
-decode attention's positions per tile, (kv head, split) programs per multiprocessor, and
-warps with more programs than multiprocessors and with fewer. The whole decode step (random
-weights, 512 tokens in the KV cache unless --position says otherwise, argmax pick) is
-replayed as a CUDA graph; every variant is timed twice, interleaved, in one process. With
-dense weights the FFN is one kernel (linear_add_ffn, not a GEMV): the w13 and w2 variants
-then change nothing.
+decode attention's positions per tile (for any group of query heads), (kv head, split)
+programs per multiprocessor, and warps with more programs than multiprocessors and with
+fewer. The whole decode step (random weights, 512 tokens in the KV cache unless --position
+says otherwise, argmax pick) is replayed as a CUDA graph; every variant is timed twice,
+interleaved, in one process. With dense weights the FFN is one kernel (linear_add_ffn, not
+a GEMV): the w13 and w2 variants then change nothing.
 
     python benchmarks/step_configs.py llama2-7b tinyllama-1.1b llama3.2-1b
     python benchmarks/step_configs.py llama3.2-1b --position 3000 --only attention
@@ -53,8 +53,12 @@ VARIANTS = [
     ("attention: 4 warps always", {"attention": (64, 1, 4, 4)}),
     ("attention: 8 warps always", {"attention": (64, 1, 8, 8)}),
     ("attention: 2 programs per SM", {"attention": (64, 2, 4, 8)}),
+    ("attention: 128 positions a tile, 4 warps always", {"attention": (128, 1, 4, 4)}),
+    ("attention: 128 positions a tile, 2 programs per SM", {"attention": (128, 2, 4, 8)}),
+    ("attention: 256 positions a tile", {"attention": (256, 1, 4, 8)}),
 ]
-ATTENTION = ("DECODE_BLOCK_S", "SPLIT_PER_SM", "DECODE_WARPS", "FEW_PROGRAMS_WARPS")
+ATTENTION = ("DECODE_BLOCK_S", "SPLIT_PER_SM", "DECODE_WARPS", "FEW_PROGRAMS_WARPS",
+             "WIDE_GROUP_BLOCK_S")
 EVERY_MATRIX = ("qkv", "o", "w13", "w2", "classifier")
 Q8_VARIANTS = [             # with --quant int8: the q8_0 GEMV's (rows, tile, warps)
     ("shipped", {}),
@@ -101,7 +105,9 @@ def sweep(dev, shape: str, bandwidth: float, position: int, only: str,
             if only not in label and label != "shipped":
                 continue
             setattr(linear, config, overriding(shipped, names, over))
-            for name, value in zip(ATTENTION, over.get("attention", shipped_attention)):
+            over_attention = over.get("attention")      # its tile for any group
+            for name, value in zip(ATTENTION, over_attention + over_attention[:1]
+                                   if over_attention else shipped_attention):
                 setattr(attention, name, value)
             runners.append((label, replayed(dev, step)))
     finally:
