@@ -158,9 +158,10 @@ def persistent_step(model, ffn=None, compiled=None):
 
 
 FFN_CONFIGS = {   # by model width: (R, warps, programs, stages, add[, register cap])
-    2048: ((4, 8, 1, 0, True), (4, 8, 1, -1, True), (4, 8, 1, 0, True, 128),
-           (2, 8, 1, -1, True), (2, 8, 2, -1, True), (2, 4, 2, 0, True, 128)),
-    4096: ((2, 16, 1, 0, True), (2, 16, 1, -1, True), (1, 8, 1, -1, True)),
+    2048: ((4, 8, 1, 0, True), (4, 8, 1, -1, True), (2, 8, 2, 0, True), (2, 8, 2, -1, True),
+           (2, 4, 2, 0, True), (2, 4, 2, -1, True), (2, 4, 3, 0, True)),
+    4096: ((2, 16, 1, 0, True), (2, 16, 1, -1, True), (1, 8, 2, -1, True)),
+    576: ((8, 4, 192, 0, True),),
 }
 
 

@@ -148,8 +148,14 @@ class Model:
         self.linear = reg.kernel(b, "linear", self.fmt)
 
         def optional(op, *fmt):
-            """The backend's kernel for an optional op (for weight format fmt), else None."""
-            return reg.kernel(b, op, *fmt) if reg.has_kernel(b, op, *fmt) else None
+            """The backend's kernel for an optional op (for weight format fmt), else None; None
+            too where the kernel's `pays` says the composed ops are faster for this model on
+            this device (see core/ops.py)."""
+            if not reg.has_kernel(b, op, *fmt):
+                return None
+            fn = reg.kernel(b, op, *fmt)
+            pays = getattr(fn, "pays", None)
+            return fn if pays is None or pays(self.device, self.config, self.dtype) else None
         self.linear_add_k = optional("linear_add", self.fmt)
         self.rmsnorm_linear_k = optional("rmsnorm_linear", self.fmt)
         self.qkv_rope_k = optional("rmsnorm_linear_rope", self.fmt)

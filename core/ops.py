@@ -23,7 +23,8 @@ Required ops
   argmax(out[T], logits[T,V])                        out[t] = index of the max of logits[t]
 
 Optional ops (where a backend lacks one, the executor composes it from required ops, or
-the host does its work)
+the host does its work; also where the kernel has an attribute `pays(device, config, dtype)`
+that returns False: the composed ops are faster for that model on that device)
   rmsnorm_linear(out[T,N], x[T,K], weight[K], eps, w: Weight)    linear(rmsnorm(x))
   linear_add(out[T,N], x[T,K], w: Weight, residual[T,N])         out = residual + x @ W^T
                                                                  (out may alias residual)

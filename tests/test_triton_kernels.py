@@ -300,6 +300,34 @@ def test_linear_add_ffn(dev, rng, dtype, D, F, Q):
     close(x, ref, dtype, roundings=2)
 
 
+@pytest.mark.parametrize("peak,wanted", [(3.35e12, {"smollm2-135m", "tinyllama-1.1b",
+                                                       "llama3.2-1b", "llama2-7b"}),
+                                          (4.8e12, {"llama2-7b"})])
+def test_ffn_op_pays_where_timed(monkeypatch, peak, wanted):
+    """The shapes the one-kernel FFN was timed on: on an H100's memory it won for all, on an
+    H200's only for Llama-2-7B (perf-notes attempt 40)."""
+    from polyllama.bench import SHAPES
+    monkeypatch.setattr(ffn, "peak_bandwidth", lambda device: peak)
+    monkeypatch.setattr(ffn, "multiprocessors", lambda device: 132)
+    gpu = type("Gpu", (), {"torch_device": "cuda"})()
+    assert {name for name, c in SHAPES.items()
+            if ffn.linear_add_ffn.pays(gpu, c, "bfloat16")} == wanted
+
+
+def test_model_runs_the_ffn_op_only_where_it_pays(dev, monkeypatch):
+    """Where linear_add_ffn pays, the executor stores w2 column-major and keeps the decode
+    residual stream in float32; where it does not, neither, and the FFN is two GEMVs."""
+    hf = refmodel.make_hf_model("gqa-tied", seed=1)
+    ckpt = refmodel.reference_checkpoint(hf)
+    model = Model.build(ckpt, dev, "bfloat16")
+    assert model.ffn_k is not None and model.layers[0].w2.parts["w"].stride(0) == 1
+    assert model.decode_ws.x.dtype == "float32"
+    monkeypatch.setattr(ffn.linear_add_ffn, "pays", lambda device, config, dtype: False)
+    model = Model.build(ckpt, dev, "float32")
+    assert model.ffn_k is None and model.layers[0].w2.parts["w"].stride(1) == 1
+    refmodel.assert_greedy_matches(model, hf, steps=12)
+
+
 ROPE_SHAPES = [(1, 4, 2, 12, 40), (6, 3, 1, 16, 24)] if SMALL else [
     (1, 32, 4, 64, 2048), (1, 32, 32, 128, 4096), (37, 32, 8, 64, 2048)]
 

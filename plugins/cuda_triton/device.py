@@ -42,6 +42,16 @@ def multiprocessors(device: torch.device) -> int:
 
 
 @functools.lru_cache(maxsize=None)
+def peak_bandwidth(device: torch.device) -> float | None:
+    """The memory's peak bandwidth in bytes/s from its clock and bus width (double data
+    rate); None for the interpreter on the CPU."""
+    if device.type == "cpu":
+        return None
+    p = torch.cuda.get_device_properties(device)
+    return 2 * p.memory_clock_rate * 1e3 * p.memory_bus_width / 8
+
+
+@functools.lru_cache(maxsize=None)
 def pdl_enabled(device: torch.device) -> bool:
     """Programmatic dependent launch (Hopper on): every kernel lets the next one start while it
     drains, and the next waits (griddepcontrol.wait) before it touches earlier results; a

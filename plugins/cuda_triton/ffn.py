@@ -13,8 +13,9 @@ others may already be adding into x, the o GEMV stores its result twice: into x 
 the scratch the FFN reads.
 
 Whole decode steps on an H100 (benchmarks/ffn_persistent.py, perf-notes attempt 40):
-TinyLlama-1.1B 834 -> 804-814 us, Llama-2-7B 4,682-4,701 -> 4,618 us, SmolLM2-135M 398 ->
-390 us.
+TinyLlama-1.1B 833-836 -> 804-814 us, Llama-2-7B 4,682-4,724 -> 4,616-4,618 us, SmolLM2-135M
+398 -> 390 us. On an H200 it only pays for long streams (see _pays); elsewhere the executor
+runs the two GEMVs.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .device import multiprocessors, pdl_enabled
+from polyllama.device import DTYPE_SIZES
+
+from .device import multiprocessors, pdl_enabled, peak_bandwidth
 from .kernels import pdl_start
 from .linear import _column_major, _run
 
@@ -77,6 +80,21 @@ def _ffn_config(D, F, itemsize, sms):
     return R, min(16, max(1, block // 256)), chunks if chunks <= 2 * sms else sms
 
 
+def _pays(device, config, dtype):
+    """Whether the one-kernel FFN beats the two GEMVs. Whole decode steps (perf-notes attempt
+    40): on an H100, whose memory feeds a multiprocessor ~25 GB/s at peak, it wins on every
+    shape timed. On an H200 (~36 GB/s) one program a multiprocessor with one chunk in flight
+    keeps too few bytes on their way: it only wins where each program streams many chunks
+    (Llama-2-7B's 42), and loses where it streams 11 (TinyLlama, +3%) or 16 (Llama-3.2-1B,
+    +6%); SmolLM2's, a chunk a program, ties."""
+    device = device.torch_device
+    peak = peak_bandwidth(device)
+    R, _, programs = _ffn_config(config.dim, config.hidden_dim, DTYPE_SIZES[dtype],
+                                 multiprocessors(device))
+    chunks = triton.cdiv(config.hidden_dim, R) / programs
+    return peak is None or peak / multiprocessors(device) <= 30e9 or chunks >= 32
+
+
 def linear_add_ffn(x, attn, wo, weight, eps, w13, w2, scratch):
     W13, W2 = w13.parts["w"], w2.parts["w"]
     D, F = W2.shape
@@ -90,3 +108,6 @@ def linear_add_ffn(x, attn, wo, weight, eps, w13, w2, scratch):
     _ffn_kernel[(programs,)](x, scratch, weight, W13, W2.t(), F, D, float(eps), R=R,
                              BLOCK_K=triton.next_power_of_2(D), PDL=pdl, launch_pdl=pdl,
                              num_warps=warps)
+
+
+linear_add_ffn.pays = _pays
