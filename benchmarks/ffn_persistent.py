@@ -31,32 +31,11 @@ import triton.language as tl
 
 from merge_in_o import float32_step
 from polyllama.plugins.cuda_triton.device import multiprocessors, pdl_enabled
+from polyllama.plugins.cuda_triton.ffn import _chunk, _normed_input, _tiles
 from polyllama.plugins.cuda_triton.kernels import pdl_start
+from polyllama.plugins.cuda_triton.linear import _run
 from timing import (cuda_triton_and_bandwidth, floor_us, greedy_step, model_after_prompt,
                     print_against_first, shape_parser)
-
-
-@triton.jit
-def _tiles(w13_ptr, w2t_ptr, c, F, K, R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Chunk c's rows of W1, W3 and W2^T ([R, K] each; masked off past the hidden width)."""
-    f = c * R + tl.arange(0, R)
-    cols = tl.arange(0, BLOCK_K)
-    m = (f[:, None] < F) & (cols[None, :] < K)
-    tile = f.to(tl.int64)[:, None] * K + cols[None, :]
-    w1 = tl.load(w13_ptr + tile, mask=m, other=0.0, eviction_policy="evict_first")
-    w3 = tl.load(w13_ptr + F.to(tl.int64) * K + tile, mask=m, other=0.0,
-                 eviction_policy="evict_first")
-    w2 = tl.load(w2t_ptr + tile, mask=m, other=0.0, eviction_policy="evict_first")
-    return w1, w3, w2
-
-
-@triton.jit
-def _chunk(acc, w1, w3, w2, xg, inv, dtype: tl.constexpr):
-    """acc + W2[:, chunk] h[chunk], h = silu(W1 xn) * (W3 xn) rounded as the chain stores it."""
-    a = tl.sum(w1.to(tl.float32) * xg[None, :], axis=1) * inv
-    b = tl.sum(w3.to(tl.float32) * xg[None, :], axis=1) * inv
-    h = (a * tl.sigmoid(a) * b).to(dtype).to(tl.float32)
-    return acc + tl.sum(w2.to(tl.float32) * h[:, None], axis=0)
 
 
 @triton.jit
@@ -70,52 +49,31 @@ def _ffn_kernel(out_ptr, x_ptr, g_ptr, w13_ptr, w2t_ptr, F, K, eps, R: tl.conste
     pid, P = tl.program_id(0), tl.num_programs(0)
     n_chunks = tl.cdiv(F, R)
     cols = tl.arange(0, BLOCK_K)
-    cmask = cols < K
     w1, w3, w2 = _tiles(w13_ptr, w2t_ptr, pid, F, K, R, BLOCK_K)
     pdl_start(PDL)
-    x = tl.load(x_ptr + cols, mask=cmask, other=0.0)
-    inv = tl.rsqrt(tl.sum(x * x, axis=0) / K + eps)
-    xg = x * tl.load(g_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    dtype: tl.constexpr = w13_ptr.dtype.element_ty
+    xg, inv = _normed_input(x_ptr, g_ptr, cols, K, eps)
     acc = tl.zeros([BLOCK_K], tl.float32)
     if STAGES == -1:
         m1, m3, m2 = _tiles(w13_ptr, w2t_ptr, pid + P, F, K, R, BLOCK_K)
         for c in tl.range(pid, n_chunks, P, num_stages=1):
             n1, n3, n2 = _tiles(w13_ptr, w2t_ptr, c + 2 * P, F, K, R, BLOCK_K)
-            acc = _chunk(acc, w1, w3, w2, xg, inv, dtype)
+            acc = _chunk(acc, w1, w3, w2, xg, inv)
             w1, w3, w2 = m1, m3, m2
             m1, m3, m2 = n1, n3, n2
     elif STAGES == 0:
         for c in tl.range(pid, n_chunks, P, num_stages=1):
             n1, n3, n2 = _tiles(w13_ptr, w2t_ptr, c + P, F, K, R, BLOCK_K)
-            acc = _chunk(acc, w1, w3, w2, xg, inv, dtype)
+            acc = _chunk(acc, w1, w3, w2, xg, inv)
             w1, w3, w2 = n1, n3, n2
     else:
-        acc = _chunk(acc, w1, w3, w2, xg, inv, dtype)
+        acc = _chunk(acc, w1, w3, w2, xg, inv)
         for c in tl.range(pid + P, n_chunks, P, num_stages=STAGES):
             t1, t3, t2 = _tiles(w13_ptr, w2t_ptr, c, F, K, R, BLOCK_K)
-            acc = _chunk(acc, t1, t3, t2, xg, inv, dtype)
+            acc = _chunk(acc, t1, t3, t2, xg, inv)
     if ADD:
-        tl.atomic_add(out_ptr + cols, acc, mask=cmask, sem="relaxed")
+        tl.atomic_add(out_ptr + cols, acc, mask=cols < K, sem="relaxed")
     else:
         tl.store(out_ptr + pid % K, tl.sum(acc, axis=0))
-
-
-@triton.jit
-def _o_twice_kernel(a_ptr, b_ptr, x_ptr, w_ptr, r_ptr, N, K, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-    """a = b = r + W x (float32), whole rows loaded before the wait, as the shipped o GEMV."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_K)
-    w = tl.load(w_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :],
-                mask=(rows[:, None] < N) & (cols[None, :] < K), other=0.0,
-                eviction_policy="evict_first")
-    pdl_start(PDL)
-    r = tl.load(r_ptr + rows, mask=rows < N, other=0.0)
-    x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-    y = tl.sum(w.to(tl.float32) * x[None, :], axis=1) + r
-    tl.store(a_ptr + rows, y, mask=rows < N)
-    tl.store(b_ptr + rows, y, mask=rows < N)
 
 
 def persistent_step(model, ffn=None, compiled=None):
@@ -130,7 +88,6 @@ def persistent_step(model, ffn=None, compiled=None):
     xb = torch.zeros_like(xa)
     pdl = dict(PDL=pdl_enabled(dev), launch_pdl=pdl_enabled(dev))
     block = triton.next_power_of_2(D)
-    o_rows = max(1, 16384 // block)
     w2t = [L.w2.parts["w"].t().contiguous() for L in model.layers] if ffn else None
 
     def step():
@@ -139,9 +96,7 @@ def persistent_step(model, ffn=None, compiled=None):
             model.qkv_rope_k(a.qkv, xb, L.attn_norm, c.norm_eps, L.wqkv, pos, model.cos,
                              model.sin, c.n_heads + c.n_kv_heads)
             k.attention(a.attn3, a.q, a.k, a.v, L.k_cache, L.v_cache, pos, model.scale)
-            _o_twice_kernel[(triton.cdiv(D, o_rows),)](
-                xa, xb, a.attn, L.wo.parts["w"], xb, D, D, BLOCK_N=o_rows, BLOCK_K=block,
-                num_warps=4, **pdl)
+            _run(xb, a.attn, L.wo, residual=xb, copy=xa)      # the shipped o GEMV
             if ffn is None:
                 model.swiglu_k(a.act, xa, L.ffn_norm, c.norm_eps, L.w13)
                 model.linear_add_k(xb, a.act, L.w2, xb)

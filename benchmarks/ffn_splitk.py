@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from polyllama.plugins.cuda_triton.ffn import _chunk, _normed_input, _tiles
 from polyllama.plugins.cuda_triton.kernels import pdl_start
 from timing import (floor_us, for_each_shape, greedy_step, median_us, model_after_prompt,
                     replayed_against_first, shape_parser)
@@ -34,22 +35,11 @@ def _ffn_kernel(y_ptr, x_ptr, g_ptr, w13_ptr, w2t_ptr, F, K, eps, R: tl.constexp
                 BLOCK_K: tl.constexpr, ADD: tl.constexpr, PDL: tl.constexpr):
     """y += W2 (silu(W1 xn) * (W3 xn)) for the program's R hidden rows; xn = rmsnorm(x).
     ADD: 0 atomic_add, 1 red.v4, 2 no output (one number per program)."""
-    f = tl.program_id(0) * R + tl.arange(0, R)
     cols = tl.arange(0, BLOCK_K)
-    m = (f[:, None] < F) & (cols[None, :] < K)
-    tile = f.to(tl.int64)[:, None] * K + cols[None, :]
-    w1 = tl.load(w13_ptr + tile, mask=m, other=0.0, eviction_policy="evict_first")
-    w3 = tl.load(w13_ptr + F.to(tl.int64) * K + tile, mask=m, other=0.0,
-                 eviction_policy="evict_first")
-    w2 = tl.load(w2t_ptr + tile, mask=m, other=0.0, eviction_policy="evict_first")
+    w1, w3, w2 = _tiles(w13_ptr, w2t_ptr, tl.program_id(0), F, K, R, BLOCK_K)
     pdl_start(PDL)
-    x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-    inv = tl.rsqrt(tl.sum(x * x, axis=0) / K + eps)
-    xg = x * tl.load(g_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-    a = tl.sum(w1.to(tl.float32) * xg[None, :], axis=1) * inv
-    b = tl.sum(w3.to(tl.float32) * xg[None, :], axis=1) * inv
-    h = (a * tl.sigmoid(a) * b).to(x_ptr.dtype.element_ty).to(tl.float32)  # as the chain
-    part = tl.sum(w2.to(tl.float32) * h[:, None], axis=0)                   # stores it
+    xg, inv = _normed_input(x_ptr, g_ptr, cols, K, eps)
+    part = _chunk(tl.zeros([BLOCK_K], tl.float32), w1, w3, w2, xg, inv)
     if ADD == 0:
         tl.atomic_add(y_ptr + cols, part, mask=cols < K, sem="relaxed")
     elif ADD == 1:              # K % 4 == 0; each column has one owner thread (checked)

@@ -69,6 +69,14 @@ def dense(device, w, dtype):
     return Weight(DENSE, tuple(w.shape), {"w": t.native}), t.numpy()
 
 
+def column_major(device, w, dtype):
+    """A dense Weight whose W [N, K] is stored column-major, as the executor stores w2 for a
+    backend with linear_add_ffn: W^T uploaded row-major, W its view with strides (1, N)."""
+    t = upload(device, np.ascontiguousarray(w.T), dtype)
+    view = Tensor(t.buffer, w.shape, (1, w.shape[0]), t.offset)
+    return Weight(DENSE, tuple(w.shape), {"w": view.native}), t.numpy().T
+
+
 # ---------------------------------------------------------------- registration
 
 
@@ -234,45 +242,30 @@ def test_argmax(backend, dtype, rng, T, V):
 # ---------------------------------------------------------------- optional ops
 
 
-@pytest.mark.parametrize("T", [1, 6])
-@pytest.mark.parametrize("alias", [False, True], ids=["out", "out=residual"])
-def test_linear_add(backend, dtype, rng, T, alias):
+@pytest.mark.parametrize("T", [1, 6, 130])
+@pytest.mark.parametrize("layout", ["out", "out=residual", "W column-major"])
+def test_linear_add(backend, dtype, rng, T, layout):
+    """W column-major: as the executor stores w2 for a backend with linear_add_ffn, whose
+    prefills then add x @ W2^T (130 tokens: a GPU's GEMM through TMA)."""
     fn = optional_kernel(backend, "linear_add")
-    N, K = 45, 67
+    N, K = 48, 72
+    if layout == "W column-major":
+        optional_kernel(backend, "linear_add_ffn")
+        if T == 1:
+            pytest.skip("one token goes through linear_add_ffn")
+        w, w_used = column_major(backend, rng.standard_normal((N, K)) / np.sqrt(K), dtype)
+    else:
+        w, w_used = dense(backend, rng.standard_normal((N, K)) / np.sqrt(K), dtype)
     x = upload(backend, rng.standard_normal((T, K)), dtype)
-    w, w_used = dense(backend, rng.standard_normal((N, K)) / np.sqrt(K), dtype)
     residual, whole = poisoned(backend, (T, N), dtype)
     backend.allocator.copyin(residual, rng.standard_normal((T, N)).astype(np.float32))
     want = reference.add(residual.numpy(), reference.linear(x.numpy(), w_used))
-    if alias:
-        out = residual
-    else:
+    if layout == "out":
         out, whole = poisoned(backend, (T, N), dtype)
+    else:
+        out = residual
     fn(out.native, x.native, w, residual.native)
-    check_out(backend, out, whole, want, dtype, "linear_add")
-
-
-def column_major(device, w, dtype):
-    """A dense Weight whose W [N, K] is stored column-major, as the executor stores w2 for a
-    backend with linear_add_ffn: W^T uploaded row-major, W its view with strides (1, N)."""
-    t = upload(device, np.ascontiguousarray(w.T), dtype)
-    view = Tensor(t.buffer, w.shape, (1, w.shape[0]), t.offset)
-    return Weight(DENSE, tuple(w.shape), {"w": view.native}), t.numpy().T
-
-
-@pytest.mark.parametrize("T", [6, 130])
-def test_linear_add_column_major(backend, dtype, rng, T):
-    """A backend with linear_add_ffn gets w2 column-major; its prefill adds x @ W2^T."""
-    optional_kernel(backend, "linear_add_ffn")
-    fn = kernel(backend, "linear_add")
-    N, K = 48, 72
-    x = upload(backend, rng.standard_normal((T, K)), dtype)
-    w, w_used = column_major(backend, rng.standard_normal((N, K)) / np.sqrt(K), dtype)
-    out, whole = poisoned(backend, (T, N), dtype)
-    backend.allocator.copyin(out, rng.standard_normal((T, N)).astype(np.float32))
-    want = reference.add(out.numpy(), reference.linear(x.numpy(), w_used))
-    fn(out.native, x.native, w, out.native)
-    check_out(backend, out, whole, want, dtype, "linear_add, W column-major")
+    check_out(backend, out, whole, want, dtype, f"linear_add, {layout}")
 
 
 @pytest.mark.parametrize("D,F,Q", [(67, 45, 48), (64, 4500, 32)])

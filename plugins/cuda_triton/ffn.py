@@ -48,26 +48,40 @@ def _tiles(w13_ptr, w2t_ptr, c, F, K, R: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _normed_input(x_ptr, g_ptr, cols, K, eps):
+    """(x * weight, 1 / rms(x)) of the row at x_ptr over columns cols (the RMSNorm of x is
+    their product), in float32."""
+    cmask = cols < K
+    x = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    inv = tl.rsqrt(tl.sum(x * x, axis=0) / K + eps)
+    return x * tl.load(g_ptr + cols, mask=cmask, other=0.0).to(tl.float32), inv
+
+
+@triton.jit
+def _chunk(acc, w1, w3, w2, xg, inv):
+    """acc + W2[:, chunk] h[chunk] from a chunk's tiles, h = silu(W1 n) * (W3 n) with
+    n = xg * inv, h rounded to the weights' dtype as the GEMV path stores it."""
+    a = tl.sum(w1.to(tl.float32) * xg[None, :], axis=1) * inv
+    b = tl.sum(w3.to(tl.float32) * xg[None, :], axis=1) * inv
+    h = (a * tl.sigmoid(a) * b).to(w1.dtype).to(tl.float32)
+    return acc + tl.sum(w2.to(tl.float32) * h[:, None], axis=0)
+
+
+@triton.jit
 def _ffn_kernel(x_ptr, xn_ptr, g_ptr, w13_ptr, w2t_ptr, F, K, eps, R: tl.constexpr,
                 BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """x += W2 (silu(W1 n) * (W3 n)) over the program's chunks, n = rmsnorm(xn_ptr's row)."""
     pid, P = tl.program_id(0), tl.num_programs(0)
     cols = tl.arange(0, BLOCK_K)
-    cmask = cols < K
     w1, w3, w2 = _tiles(w13_ptr, w2t_ptr, pid, F, K, R, BLOCK_K)
     pdl_start(PDL)
-    x = tl.load(xn_ptr + cols, mask=cmask, other=0.0)
-    inv = tl.rsqrt(tl.sum(x * x, axis=0) / K + eps)
-    xg = x * tl.load(g_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    xg, inv = _normed_input(xn_ptr, g_ptr, cols, K, eps)
     acc = tl.zeros([BLOCK_K], tl.float32)
     for c in tl.range(pid, tl.cdiv(F, R), P, num_stages=1):
         n1, n3, n2 = _tiles(w13_ptr, w2t_ptr, c + P, F, K, R, BLOCK_K)
-        a = tl.sum(w1.to(tl.float32) * xg[None, :], axis=1) * inv
-        b = tl.sum(w3.to(tl.float32) * xg[None, :], axis=1) * inv
-        h = (a * tl.sigmoid(a) * b).to(w13_ptr.dtype.element_ty)   # as the GEMV stores it
-        acc += tl.sum(w2.to(tl.float32) * h.to(tl.float32)[:, None], axis=0)
+        acc = _chunk(acc, w1, w3, w2, xg, inv)
         w1, w3, w2 = n1, n3, n2
-    tl.atomic_add(x_ptr + cols, acc, mask=cmask, sem="relaxed")
+    tl.atomic_add(x_ptr + cols, acc, mask=cols < K, sem="relaxed")
 
 
 def _ffn_config(D, F, itemsize, sms):
