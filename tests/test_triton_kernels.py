@@ -319,6 +319,7 @@ def test_model_runs_the_ffn_op_only_where_it_pays(dev, monkeypatch):
     residual stream in float32; where it does not, neither, and the FFN is two GEMVs."""
     hf = refmodel.make_hf_model("gqa-tied", seed=1)
     ckpt = refmodel.reference_checkpoint(hf)
+    monkeypatch.setattr(ffn.linear_add_ffn, "pays", lambda device, config, dtype: True)
     model = Model.build(ckpt, dev, "bfloat16")
     assert model.ffn_k is not None and model.layers[0].w2.parts["w"].stride(0) == 1
     assert model.decode_ws.x.dtype == "float32"
