@@ -153,11 +153,11 @@ __global__ void gemv(T* out, const T* x, const T* g, const T* w, const T* residu
 }
 
 // One token's linear over q8_0 weights (plugins/int8/pack.py): int8 rows q[N, K] and one
-// float32 scale per `group` values of a row, s[N, K / group]. A thread takes PIECES pieces
-// of 16 values of each of the block's weight rows a tile (a piece is one 16-byte load where
-// VEC: K and the row stride multiples of 16, pointers 16-byte aligned), so a tile is
-// blockDim.x * 16 * PIECES columns; the first tile loads before pdl_start, each next one
-// while the current is summed. GROUP16: the group is a multiple of 16, so a piece has one
+// float32 scale per `group` values of a row, s[N, K / group]. A thread takes a piece of 16
+// values of each of the block's weight rows a tile (one 16-byte load where VEC: K and the
+// row stride multiples of 16, pointers 16-byte aligned), so a tile is blockDim.x * 16
+// columns; the first tile loads before pdl_start, each next one while the current is
+// summed. GROUP16: the group is a multiple of 16, so a piece has one
 // scale, loaded with it and applied to the piece's sum; other groups (from files) scale
 // value by value.
 struct Q8 { static constexpr int PIECE = 16; };      // int8 values in 16 bytes
@@ -188,22 +188,19 @@ __device__ __forceinline__ void q8_values(const uint4& piece, float (&v)[Q8::PIE
     }
 }
 
-template <int WR, int PIECES, bool VEC, bool GROUP16>
-__device__ __forceinline__ void load_q8_tile(uint4 (&q)[WR][PIECES], float (&sc)[WR][PIECES],
+template <int WR, bool VEC, bool GROUP16>
+__device__ __forceinline__ void load_q8_tile(uint4 (&q)[WR], float (&sc)[WR],
                                              const signed char* (&qrows)[WR],
-                                             const float* (&srows)[WR], int k0, int K,
+                                             const float* (&srows)[WR], int c, int K,
                                              int group) {
 #pragma unroll
-    for (int r = 0; r < WR; ++r)
-#pragma unroll
-        for (int p = 0; p < PIECES; ++p) {
-            int c = k0 + (threadIdx.x + p * blockDim.x) * Q8::PIECE;
-            q[r][p] = load_q8_piece<VEC>(qrows[r], c, K);
-            if (GROUP16) sc[r][p] = __ldcs(srows[r] + min(c, K - 1) / group);
-        }
+    for (int r = 0; r < WR; ++r) {
+        q[r] = load_q8_piece<VEC>(qrows[r], c, K);
+        if (GROUP16) sc[r] = __ldcs(srows[r] + min(c, K - 1) / group);
+    }
 }
 
-template <typename T, bool NORM, bool SWIGLU, int ROWS, int PIECES, bool VEC, bool GROUP16>
+template <typename T, bool NORM, bool SWIGLU, int ROWS, bool VEC, bool GROUP16>
 __global__ void gemv_q8(T* out, const T* x, const T* g, const signed char* q, const float* s,
                         const T* residual, int N, int K, long long s_q, long long s_s,
                         int group, float eps) {
@@ -218,50 +215,43 @@ __global__ void gemv_q8(T* out, const T* x, const T* g, const signed char* q, co
         qrows[r] = q + row * s_q;
         srows[r] = s + row * s_s;
     }
-    const int tile = blockDim.x * Q8::PIECE * PIECES;
-    uint4 cur[WR][PIECES], next[WR][PIECES];
-    float sc[WR][PIECES], sc_next[WR][PIECES];
-    load_q8_tile<WR, PIECES, VEC, GROUP16>(cur, sc, qrows, srows, 0, K, group);
+    const int tile = blockDim.x * Q8::PIECE;
+    const int mine = threadIdx.x * Q8::PIECE;          // the thread's piece within a tile
+    uint4 cur[WR], next[WR];
+    float sc[WR], sc_next[WR];
+    load_q8_tile<WR, VEC, GROUP16>(cur, sc, qrows, srows, mine, K, group);
     pdl_start();
     float acc[WR], ss = 0.0f;
 #pragma unroll
     for (int r = 0; r < WR; ++r) acc[r] = 0.0f;
     for (int k0 = 0; k0 < K; k0 += tile) {
+        int c = k0 + mine;
         bool more = k0 + tile < K;
-        if (more)
-            load_q8_tile<WR, PIECES, VEC, GROUP16>(next, sc_next, qrows, srows, k0 + tile, K,
-                                                    group);
+        if (more) load_q8_tile<WR, VEC, GROUP16>(next, sc_next, qrows, srows, c + tile, K, group);
+        float xe[Q8::PIECE];
 #pragma unroll
-        for (int p = 0; p < PIECES; ++p) {
-            int c = k0 + (threadIdx.x + p * blockDim.x) * Q8::PIECE;
-            float xe[Q8::PIECE];
+        for (int h = 0; h < Q8::PIECE; h += PER) x_piece<T, NORM, VEC>(xe + h, ss, x, g, c + h, K);
 #pragma unroll
-            for (int h = 0; h < Q8::PIECE; h += PER)
-                x_piece<T, NORM, VEC>(xe + h, ss, x, g, c + h, K);
+        for (int r = 0; r < WR; ++r) {
+            float qv[Q8::PIECE];
+            q8_values(cur[r], qv);
+            if (GROUP16) {
+                float d = 0.0f;
 #pragma unroll
-            for (int r = 0; r < WR; ++r) {
-                float qv[Q8::PIECE];
-                q8_values(cur[r][p], qv);
-                if (GROUP16) {
-                    float d = 0.0f;
+                for (int e = 0; e < Q8::PIECE; ++e) d += qv[e] * xe[e];
+                acc[r] += sc[r] * d;
+            } else {
 #pragma unroll
-                    for (int e = 0; e < Q8::PIECE; ++e) d += qv[e] * xe[e];
-                    acc[r] += sc[r][p] * d;
-                } else {
-#pragma unroll
-                    for (int e = 0; e < Q8::PIECE; ++e)
-                        acc[r] += qv[e] * xe[e] * srows[r][min(c + e, K - 1) / group];
-                }
+                for (int e = 0; e < Q8::PIECE; ++e)
+                    acc[r] += qv[e] * xe[e] * srows[r][min(c + e, K - 1) / group];
             }
         }
         if (more) {
 #pragma unroll
-            for (int r = 0; r < WR; ++r)
-#pragma unroll
-                for (int p = 0; p < PIECES; ++p) {
-                    cur[r][p] = next[r][p];
-                    sc[r][p] = sc_next[r][p];
-                }
+            for (int r = 0; r < WR; ++r) {
+                cur[r] = next[r];
+                sc[r] = sc_next[r];
+            }
         }
     }
     finish<T, NORM, SWIGLU, ROWS>(acc, ss, out, residual, row0, N, K, eps);

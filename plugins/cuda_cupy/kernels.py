@@ -326,13 +326,13 @@ def _gemv(out, x, w, N, residual=None, g=None, eps=0.0, swiglu=False):
                 _i(N), _i(K), _l(_stride(W, 0)), np.float32(eps)))
 
 
-def _gemv_q8_config(N, K, swiglu):
-    """(threads, ROWS, PIECES) of gemv_q8 for an output of N rows over K columns: a piece a
-    row per thread and tile; 4 weight rows to a block where a row fits one tile, 8 where it
-    takes more. Swept in whole decode steps (H100, perf-notes): more pieces a thread, other
-    thread counts or rows were up to 2.6x slower on TinyLlama, Llama-3.2-1B and Llama-2-7B."""
+def _gemv_q8_rows(K, swiglu):
+    """ROWS of gemv_q8 (GEMV_THREADS threads, a 16-value piece of each weight row a thread
+    and tile): 4 weight rows to a block where a row fits one tile, 8 where it takes more.
+    Swept in whole decode steps (H100, perf-notes): more pieces a thread, other thread counts
+    or rows were up to 2.6x slower on TinyLlama, Llama-3.2-1B and Llama-2-7B."""
     rows = 4 if K <= GEMV_THREADS * 16 else 8
-    return GEMV_THREADS, rows // 2 if swiglu else rows, 1
+    return rows // 2 if swiglu else rows
 
 
 def _gemv_q8(out, x, w, N, residual, g, eps, swiglu):
@@ -340,9 +340,9 @@ def _gemv_q8(out, x, w, N, residual, g, eps, swiglu):
     Q, S, group = w.parts["q"], w.parts["s"], w.meta["group"]
     K = x.shape[1]
     _check(x, Q, np.dtype(np.int8))
-    threads, rows, pieces = _gemv_q8_config(N, K, swiglu)
-    flags = (g is not None, swiglu, rows, pieces, _vectorizable(x, Q, g), group % 16 == 0)
-    _call_gemv("gemv_q8", flags, x, Q, (-(-N // rows),), threads,
+    rows = _gemv_q8_rows(K, swiglu)
+    flags = (g is not None, swiglu, rows, _vectorizable(x, Q, g), group % 16 == 0)
+    _call_gemv("gemv_q8", flags, x, Q, (-(-N // rows),), GEMV_THREADS,
                (out, x, _NULL if g is None else g, Q, S, _NULL if residual is None else residual,
                 _i(N), _i(K), _l(_stride(Q, 0)), _l(_stride(S, 0)), _i(group), np.float32(eps)))
 
